@@ -1,0 +1,48 @@
+# The two commands a fresh machine needs: `make serve` and `make test`.
+# Each creates its own virtual environment (.venv-serve has no torch; .venv has everything).
+
+PYTHON ?= python3
+VENV ?= .venv
+SERVE_VENV ?= .venv-serve
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint typecheck pytest bench train-seed default-model clean
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
+	touch $@
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[serve,train,dev]'
+	touch $@
+
+## serve: run the service on 127.0.0.1:8000 with the embedded default model
+serve: $(SERVE_VENV)/.installed
+	$(SERVE_VENV)/bin/vae-serve
+
+## test: lint, format check, type check and the whole test suite
+test: $(VENV)/.installed lint typecheck pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy service training
+
+pytest: $(VENV)/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## bench: the benchmark scripts (figures go to docs/benchmarks.md by hand)
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/train_speed.py
+
+## default-model: retrain the seed preset on the real MNIST and publish it as the embedded model
+default-model: $(VENV)/.installed
+	$(VENV)/bin/vae-train train --preset seed --data-dir ../shared/data/mnist --no-download \
+		--run-dir runs/default-model --model-repository service/default_model --no-progress
+
+clean:
+	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache

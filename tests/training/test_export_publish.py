@@ -1,0 +1,129 @@
+"""ONNX export matches torch; publishing is atomic and gated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.config import TrainConfig
+from training.export import TOLERANCE, export_onnx, verify_export
+from training.model import VAE
+from training.publish import (
+    MANIFEST,
+    PublishRefusedError,
+    complete_versions,
+    publish_version,
+    sha256_file,
+)
+
+CFG = TrainConfig.from_preset("tiny")
+
+
+def model(seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[VAE, Path]:
+    out = tmp_path_factory.mktemp("export")
+    m = model()
+    export_onnx(m, out)
+    return m, out
+
+
+def test_onnx_matches_torch_at_another_batch_size(exported: tuple[VAE, Path]) -> None:
+    m, out = exported
+    x = (torch.rand(5, 784, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    encoder = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    mu, logvar = encoder.run(["mu", "logvar"], {"x": x.numpy()})
+    logits, probs = decoder.run(["logits", "probs"], {"z": mu})
+    with torch.no_grad():
+        t_mu, t_logvar = m.encode(x)
+        t_logits = m.decode(t_mu)
+    np.testing.assert_allclose(mu, t_mu.numpy(), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(logvar, t_logvar.numpy(), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(logits, t_logits.numpy(), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(probs, torch.sigmoid(t_logits).numpy(), atol=TOLERANCE, rtol=0)
+    assert verify_export(m, out) <= TOLERANCE
+
+
+def test_graphs_have_named_tensors_and_a_dynamic_batch(exported: tuple[VAE, Path]) -> None:
+    _, out = exported
+    graph = onnx.load(str(out / "encoder.onnx")).graph
+    (x,) = graph.input
+    dims = x.type.tensor_type.shape.dim
+    assert x.name == "x" and dims[0].dim_param and dims[1].dim_value == 784
+    assert [o.name for o in graph.output] == ["mu", "logvar"]
+    assert [o.name for o in onnx.load(str(out / "decoder.onnx")).graph.output] == [
+        "logits",
+        "probs",
+    ]
+
+
+def test_verify_catches_a_mismatch(exported: tuple[VAE, Path]) -> None:
+    _, out = exported
+    with pytest.raises(ValueError, match="differs from torch"):
+        verify_export(model(seed=1), out)  # other weights than the exported ones
+
+
+def test_publish_writes_a_complete_self_describing_version(tmp_path: Path) -> None:
+    result = publish_version(
+        tmp_path, model(), CFG, evaluation={"split": "validation", "neg_elbo": 100.0}
+    )
+    assert result.version == 1 and result.path == tmp_path / "vae" / "1"
+    manifest = json.loads((result.path / MANIFEST).read_text())
+    assert manifest["version"] == 1 and manifest["latent_dim"] == CFG.latent_dim
+    assert manifest["image_shape"] == [28, 28]
+    for name in ("encoder", "decoder"):
+        graph = manifest["graphs"][name]
+        assert graph["sha256"] == sha256_file(result.path / graph["file"])
+    assert manifest["graphs"]["decoder"]["inputs"] == {"z": ["batch", CFG.latent_dim]}
+    assert manifest["training"]["preset"] == "tiny"
+    assert manifest["export_check"]["max_abs_diff"] <= TOLERANCE
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["software"])
+    assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["1"]  # no staging left
+
+
+def test_a_version_without_manifest_is_not_complete_and_its_number_is_not_reused(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "vae" / "1").mkdir(parents=True)  # an abandoned publish
+    (tmp_path / "vae" / ".staging-x").mkdir()
+    assert complete_versions(tmp_path) == {}
+    result = publish_version(tmp_path, model(), CFG)
+    assert result.version == 2 and list(complete_versions(tmp_path)) == [2]
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> float:
+        raise ValueError("ONNX encoder.mu differs from torch")
+
+    monkeypatch.setattr("training.publish.verify_export", broken)
+    with pytest.raises(ValueError, match="differs"):
+        publish_version(tmp_path, model(), CFG)
+    assert list((tmp_path / "vae").iterdir()) == []
+
+
+def test_gate_refuses_a_worse_model_and_force_overrides(tmp_path: Path) -> None:
+    good = {"split": "validation", "neg_elbo": 100.0}
+    publish_version(tmp_path, model(), CFG, evaluation=good)
+    worse = {"split": "validation", "neg_elbo": 105.0}
+    with pytest.raises(
+        PublishRefusedError, match=r"refused: new -ELBO 105.00 vs version 1's 100.00"
+    ):
+        publish_version(tmp_path, model(), CFG, evaluation=worse, tolerance=1.0)
+    assert list(complete_versions(tmp_path)) == [1]
+    forced = publish_version(tmp_path, model(), CFG, evaluation=worse, force=True)
+    assert forced.version == 2 and forced.gate.startswith("worse but forced")
+    better = publish_version(
+        tmp_path, model(), CFG, evaluation={"split": "validation", "neg_elbo": 105.5}
+    )
+    assert better.gate.startswith("passed")

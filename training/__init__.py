@@ -1,0 +1,1 @@
+"""Training half of vae-mnist: data, model, training loop, evaluation, ONNX export, publish."""
