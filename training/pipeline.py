@@ -102,7 +102,14 @@ def run(cfg: TrainConfig, opts: RunOptions) -> dict[str, Any]:
         "evaluation": headline,
         "run_dir": str(opts.run_dir),
     }
-    summary.update(_publish(cfg, opts, result.model, headline, len(train_x), len(val_x)))
+    run_info = {
+        k: summary[k]
+        for k in ("iterations", "stopped_early", "train_seconds", "iterations_per_second")
+    }
+    run_info["threads"] = cfg.threads
+    summary.update(
+        _publish(cfg, opts, result.model, headline, run_info, (len(train_x), len(val_x)))
+    )
     (opts.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -112,8 +119,8 @@ def _publish(
     opts: RunOptions,
     model: Any,
     evaluation: dict[str, Any],
-    n_tr: int,
-    n_val: int,
+    run_info: dict[str, Any],
+    sizes: tuple[int, int],
 ) -> dict[str, Any]:
     if opts.repository is None:
         out = opts.run_dir / "export"
@@ -126,9 +133,10 @@ def _publish(
         model,
         cfg,
         evaluation=evaluation,
-        data_info=data_info(opts.data, n_tr, n_val),
+        data_info=data_info(opts.data, *sizes),
         force=opts.force,
         tolerance=opts.gate_tolerance,
+        run_info=run_info,
     )
     return {"published": {"version": published.version, "path": str(published.path)},
             "gate": published.gate}  # fmt: skip

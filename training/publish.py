@@ -148,6 +148,7 @@ def build_manifest(
     evaluation: dict[str, Any] | None,
     data_info: dict[str, Any] | None,
     export_diff: float,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     graphs = {}
     for name, spec in graph_specs(model.latent_dim).items():
@@ -170,6 +171,7 @@ def build_manifest(
         "graphs": graphs,
         "preprocessing": {"binarize_threshold": cfg.threshold},
         "training": cfg.to_dict(),
+        "run": run_info,
         "data": data_info,
         "evaluation": evaluation,
         "software": {
@@ -196,11 +198,13 @@ def publish_version(
     data_info: dict[str, Any] | None = None,
     force: bool = False,
     tolerance: float = DEFAULT_GATE_TOLERANCE,
+    run_info: dict[str, Any] | None = None,
 ) -> PublishResult:
     """Export, verify and publish `model` as `repo_root/vae/<next version>/`.
 
     The quality gate compares `evaluation["neg_elbo"]` with the newest complete version's;
-    a model worse by more than `tolerance` nats is refused unless `force`.
+    a model worse by more than `tolerance` nats is refused unless `force`. `run_info`
+    (wall time, iterations) is recorded in the manifest as it is.
     """
     model_dir = repo_root / MODEL_NAME
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +217,9 @@ def publish_version(
         for spec in graph_specs(model.latent_dim).values():
             _fsync_path(staging / spec.file)
         version = _next_version(model_dir)
-        manifest = build_manifest(version, staging, model, cfg, evaluation, data_info, diff)
+        manifest = build_manifest(
+            version, staging, model, cfg, evaluation, data_info, diff, run_info
+        )
         write_json_atomic(staging / MANIFEST, manifest)
         target = model_dir / str(version)
         staging.rename(target)  # atomic; fails if a concurrent publisher took `version`

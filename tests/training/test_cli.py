@@ -46,6 +46,9 @@ def test_train_publishes_and_evaluate_reads_it_back(
     )
     assert code == 0
     assert summary["published"] == {"version": 1, "path": str(repo / "vae" / "1")}
+    manifest = json.loads((repo / "vae" / "1" / "manifest.json").read_text())
+    assert manifest["run"]["iterations"] == 30 and manifest["run"]["train_seconds"] > 0
+    assert manifest["evaluation"]["iwae_k"] == 5 and manifest["data"]["train_images"] == 200
     for name in ("loss_curves.png", "latents.png", "metrics.jsonl", "summary.json"):
         assert (tmp_path / "run" / name).is_file()
     evaluation = summary["evaluation"]
