@@ -1,0 +1,77 @@
+"""Typed dependencies: what a handler may ask for, and the process-wide services behind them."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Header, Request
+
+from service.metrics import Metrics
+from service.offload import Executor
+from service.problems import ApiProblem
+from service.responses import OutputFormat, negotiate
+from service.runtime import ModelRuntime
+from service.settings import Settings
+from service.watcher import ModelHolder, Snapshot
+
+SNAPSHOT_SCOPE_KEY = "vae.snapshot"  # set by the middleware: the snapshot a request sees
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the app shares between requests; built by create_app, filled by lifespan."""
+
+    settings: Settings
+    holder: ModelHolder
+    metrics: Metrics
+    executor: Executor
+
+
+def get_services(request: Request) -> Services:
+    services = request.app.state.services
+    assert isinstance(services, Services)
+    return services
+
+
+def get_settings(request: Request) -> Settings:
+    return get_services(request).settings
+
+
+def get_snapshot(request: Request) -> Snapshot:
+    """The snapshot taken when the request arrived (the same one X-Model-Version names)."""
+    snapshot = request.scope.get(SNAPSHOT_SCOPE_KEY)
+    return snapshot if isinstance(snapshot, Snapshot) else get_services(request).holder.snapshot
+
+
+def get_runtime(snapshot: Annotated[Snapshot, Depends(get_snapshot)]) -> ModelRuntime:
+    """The served model, or 503 problem+json saying why there is none."""
+    if snapshot.runtime is None:
+        raise ApiProblem(503, "model-unavailable", snapshot.detail, title="No model to serve")
+    return snapshot.runtime
+
+
+def get_output_format(
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> OutputFormat:
+    return negotiate(accept)
+
+
+def new_seed(seed: int | None) -> int:
+    """The request's seed, or a fresh one (reported back, so any result can be repeated)."""
+    return secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+
+
+def rng_for(seed: int) -> np.random.Generator:
+    """A generator local to one request: the same seed gives the same draws on any thread."""
+    return np.random.default_rng(seed)
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+FormatDep = Annotated[OutputFormat, Depends(get_output_format)]

@@ -1,0 +1,168 @@
+"""`manifest.json` of a model version, parsed and checked against docs/model-repository.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "vae-mnist-manifest/1"
+BATCH_AXIS = "batch"
+Shape = tuple[str | int, ...]
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable, or disagrees with the contract."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph as the manifest declares it."""
+
+    file: str
+    sha256: str
+    inputs: dict[str, Shape]
+    outputs: dict[str, Shape]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The fields the service relies on, plus the whole document to report as it is."""
+
+    version: int
+    latent_dim: int
+    image_shape: tuple[int, int]
+    binarize_threshold: float
+    encoder: GraphSpec
+    decoder: GraphSpec
+    document: dict[str, Any]
+
+    @property
+    def pixels(self) -> int:
+        return self.image_shape[0] * self.image_shape[1]
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Parse `version_dir/manifest.json`; its version must equal the directory name."""
+    try:
+        document = json.loads((version_dir / MANIFEST_FILE).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{MANIFEST_FILE} is not readable JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ManifestError(f"{MANIFEST_FILE} must hold a JSON object")
+    manifest = parse_manifest(document)
+    if str(manifest.version) != version_dir.name:
+        raise ManifestError(
+            f"manifest version {manifest.version} does not match directory {version_dir.name!r}"
+        )
+    return manifest
+
+
+def parse_manifest(document: dict[str, Any]) -> Manifest:
+    """Check the relied-on fields and that the declared graph shapes agree with them."""
+    if document.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"format must be {MANIFEST_FORMAT!r}, got {document.get('format')!r}")
+    version = _positive_int(document, "version")
+    latent_dim = _positive_int(document, "latent_dim")
+    image_shape = _image_shape(document.get("image_shape"))
+    graphs = document.get("graphs")
+    if not isinstance(graphs, dict):
+        raise ManifestError("graphs must be an object with 'encoder' and 'decoder'")
+    manifest = Manifest(
+        version=version,
+        latent_dim=latent_dim,
+        image_shape=image_shape,
+        binarize_threshold=_threshold(document.get("preprocessing")),
+        encoder=_graph(graphs, "encoder"),
+        decoder=_graph(graphs, "decoder"),
+        document=document,
+    )
+    _check_declared_shapes(manifest)
+    return manifest
+
+
+def expected_signatures(manifest: Manifest) -> dict[str, tuple[dict[str, Shape], dict[str, Shape]]]:
+    """The graph signatures the contract requires, from latent_dim and image_shape."""
+    pixels, latent = manifest.pixels, manifest.latent_dim
+    return {
+        "encoder": (
+            {"x": (BATCH_AXIS, pixels)},
+            {"mu": (BATCH_AXIS, latent), "logvar": (BATCH_AXIS, latent)},
+        ),
+        "decoder": (
+            {"z": (BATCH_AXIS, latent)},
+            {"logits": (BATCH_AXIS, pixels), "probs": (BATCH_AXIS, pixels)},
+        ),
+    }
+
+
+def _check_declared_shapes(manifest: Manifest) -> None:
+    expected = expected_signatures(manifest)
+    for name, spec in (("encoder", manifest.encoder), ("decoder", manifest.decoder)):
+        inputs, outputs = expected[name]
+        if spec.inputs != inputs or spec.outputs != outputs:
+            raise ManifestError(
+                f"graphs.{name} declares inputs {spec.inputs} and outputs {spec.outputs}, "
+                f"but latent_dim={manifest.latent_dim} and image_shape="
+                f"{list(manifest.image_shape)} require {inputs} and {outputs}"
+            )
+
+
+def _positive_int(document: dict[str, Any], key: str) -> int:
+    value = document.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ManifestError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _image_shape(value: object) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ManifestError(f"image_shape must be [height, width], got {value!r}")
+    return value[0], value[1]
+
+
+def _threshold(preprocessing: object) -> float:
+    value = preprocessing.get("binarize_threshold") if isinstance(preprocessing, dict) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value < 1
+    ):
+        raise ManifestError(
+            f"preprocessing.binarize_threshold must be a number in (0, 1), got {value!r}"
+        )
+    return float(value)
+
+
+def _graph(graphs: dict[str, Any], name: str) -> GraphSpec:
+    spec = graphs.get(name)
+    if not isinstance(spec, dict):
+        raise ManifestError(f"graphs.{name} is missing")
+    file, sha = spec.get("file"), spec.get("sha256")
+    if not isinstance(file, str) or not file or Path(file).name != file:
+        raise ManifestError(f"graphs.{name}.file must be a plain file name, got {file!r}")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise ManifestError(f"graphs.{name}.sha256 must be 64 hex digits, got {sha!r}")
+    return GraphSpec(
+        file=file,
+        sha256=sha.lower(),
+        inputs=_signature(spec.get("inputs"), f"graphs.{name}.inputs"),
+        outputs=_signature(spec.get("outputs"), f"graphs.{name}.outputs"),
+    )
+
+
+def _signature(value: object, where: str) -> dict[str, Shape]:
+    if not isinstance(value, dict) or not all(
+        isinstance(shape, list) and all(isinstance(d, str | int) for d in shape)
+        for shape in value.values()
+    ):
+        raise ManifestError(f"{where} must map tensor names to shapes, got {value!r}")
+    return {str(name): tuple(shape) for name, shape in value.items()}

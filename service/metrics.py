@@ -1,0 +1,104 @@
+"""Prometheus metrics, one registry per app (so several apps in one process stay apart)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from service.repository import Rejection
+    from service.runtime import ModelRuntime
+
+# Small requests take ~100 us; batches, n=256 samples and large-k scores take up to seconds.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Request, inference and model-reload metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, buckets = self.registry, LATENCY_BUCKETS
+        self.requests = Counter(
+            "vae_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "vae_http_request_duration_seconds",
+            "HTTP request latency (whole response).",
+            ["route", "method", "status"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "vae_http_requests_in_flight", "HTTP requests being served now.", registry=r
+        )
+        self.inference_seconds = Histogram(
+            "vae_inference_duration_seconds",
+            "Model work per request: decode, infer, encode.",
+            ["operation"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "vae_model_info", "The served model (value 1).", ["version", "source"], registry=r
+        )
+        self.model_ready = Gauge("vae_model_ready", "1 while a validated model serves.", registry=r)
+        self.reloads = Counter(
+            "vae_model_reloads",
+            "Model versions validated and swapped in (success) or rejected (failure).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        labels = {"route": route, "method": method, "status": str(status)}
+        self.requests.labels(**labels).inc()
+        self.request_seconds.labels(**labels).observe(seconds)
+
+    def observe_inference(self, operation: str, seconds: float) -> None:
+        self.inference_seconds.labels(operation=operation).observe(seconds)
+
+    def record_refresh(
+        self,
+        serving: ModelRuntime | None,
+        loaded: ModelRuntime | None,
+        rejections: Sequence[Rejection],
+    ) -> None:
+        """Count swaps and rejections; point the model-info gauge at the served model."""
+        self.reloads.labels(result="failure").inc(len(rejections))
+        if loaded is not None:
+            self.reloads.labels(result="success").inc()
+        self.model_info.clear()
+        if serving is not None:
+            self.model_info.labels(version=str(serving.version), source=serving.source).set(1)
+        self.model_ready.set(0 if serving is None else 1)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything above."""
+        return generate_latest(self.registry)

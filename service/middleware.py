@@ -1,0 +1,121 @@
+"""The outermost layer, pure ASGI (BaseHTTPMiddleware costs a task and a copy per request).
+
+For every HTTP request it takes the model snapshot the request will see and names it in
+X-Model-Version, counts and times the request, refuses /v1 requests past the in-flight limit
+(503 + Retry-After), and enforces the body limit from Content-Length and while streaming.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.deps import SNAPSHOT_SCOPE_KEY, Services
+from service.problems import ApiProblem
+
+LIMITED_PREFIX = "/v1/"  # /healthz, /readyz, /metrics, docs and the page are never refused
+VERSION_HEADER = b"x-model-version"
+
+
+class ServiceMiddleware:
+    """Model snapshot, X-Model-Version, metrics, in-flight limit and body limit."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+        self.limited_in_flight = 0  # touched only on the event loop thread
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        snapshot = self.services.holder.snapshot
+        scope[SNAPSHOT_SCOPE_KEY] = snapshot
+        header = (VERSION_HEADER, snapshot.version_label.encode())
+        status = 500  # what a request that dies before answering counts as
+        start = time.perf_counter()
+
+        async def send_with_header(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        limited = scope["path"].startswith(LIMITED_PREFIX)
+        metrics = self.services.metrics
+        metrics.in_flight.inc()
+        try:
+            refusal = self._refusal(scope, limited)
+            if refusal is not None:
+                await refusal.response()(scope, receive, send_with_header)
+                return
+            self.limited_in_flight += limited
+            try:
+                await self.app(scope, self._limit_body(receive), send_with_header)
+            finally:
+                self.limited_in_flight -= limited
+        finally:
+            metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            metrics.observe_request(_route_label(scope), scope["method"], status, elapsed)
+
+    def _refusal(self, scope: Scope, limited: bool) -> ApiProblem | None:
+        """503 past the in-flight limit; 413 when Content-Length already exceeds the limit."""
+        settings = self.services.settings
+        if limited and self.limited_in_flight >= settings.max_in_flight:
+            return ApiProblem(
+                503,
+                "overloaded",
+                f"{settings.max_in_flight} requests are already in flight; "
+                f"retry after {settings.retry_after_s} s",
+                title="Too many requests in flight",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        length = _content_length(scope)
+        if length is not None and length > settings.max_body_bytes:
+            return body_too_large(settings.max_body_bytes)
+        return None
+
+    def _limit_body(self, receive: Receive) -> Receive:
+        """Count body bytes as they arrive (a chunked body has no Content-Length)."""
+        limit = self.services.settings.max_body_bytes
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise body_too_large(limit)
+            return message
+
+        return receive_limited
+
+
+def body_too_large(limit: int) -> ApiProblem:
+    return ApiProblem(
+        413,
+        "body-too-large",
+        f"the request body is larger than {limit} bytes",
+        title="Request body too large",
+        field="body",
+    )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _route_label(scope: Scope) -> str:
+    """The matched route's template (bounded cardinality); the page's mount at / is "/"."""
+    route = scope.get("route")
+    return "unmatched" if route is None else (getattr(route, "path", "") or "/")

@@ -1,0 +1,1 @@
+"""HTTP routes, thin: validate, convert, call the runtime, wrap the result."""

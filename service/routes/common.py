@@ -1,0 +1,96 @@
+"""Query parameter types and conversions shared by the model routes."""
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Query
+
+from service.deps import MAX_SEED
+from service.imaging import MAX_OUTPUT_SIDE, MAX_SCALE
+from service.latent import Array
+from service.preprocess import ImageOptions, OpenedImage, Preprocess, model_input
+from service.problems import invalid
+from service.runtime import ModelRuntime
+from service.uploads import FILES_FIELD, IMAGE_TYPES, MULTIPART
+
+PreprocessQuery = Annotated[
+    Preprocess,
+    Query(
+        description="`mnist`: grayscale, invert a light background, crop to the ink, fit in "
+        "20x20 keeping the aspect ratio, centre by centre of mass in 28x28. `none`: the image "
+        "must already be 28x28, white ink on black, as MNIST."
+    ),
+]
+BinarizeQuery = Annotated[
+    bool,
+    Query(description="Threshold pixels at the manifest's binarize_threshold, as in training."),
+]
+SeedQuery = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_SEED,
+        description="Seeds the request's own RNG: the same seed gives the "
+        "same bytes. Drawn at random (and reported) when absent.",
+        examples=[7],
+    ),
+]
+ScaleQuery = Annotated[
+    int,
+    Query(
+        ge=1,
+        le=MAX_SCALE,
+        description="Integer upscaling of the PNG (nearest pixel), capped so that the PNG "
+        f"stays within {MAX_OUTPUT_SIDE} pixels a side.",
+    ),
+]
+
+
+def image_options(runtime: ModelRuntime, preprocess: Preprocess, binarize: bool) -> ImageOptions:
+    manifest = runtime.manifest
+    return ImageOptions(preprocess, binarize, manifest.binarize_threshold, manifest.image_shape)
+
+
+def stack_inputs(images: list[OpenedImage], options: ImageOptions) -> Array:
+    """Decode and preprocess every image: [B, D] float32."""
+    return np.stack([model_input(image, options) for image in images])
+
+
+def latent_rows(z: list[list[float]], latent_dim: int, field: str = "body.z") -> Array:
+    """JSON vectors -> [B, L] float32; each must have the served model's latent_dim."""
+    for i, row in enumerate(z):
+        if len(row) != latent_dim:
+            raise invalid(
+                f"{field}[{i}]",
+                f"expected {latent_dim} floats (the served model's latent_dim), got {len(row)}",
+                code="wrong_latent_size",
+            )
+    return np.asarray(z, dtype=np.float32).reshape(len(z), latent_dim)
+
+
+def image_body_doc(
+    max_files: int, *, min_files: int = 1, raw: bool = True, json_schema: Any = None
+) -> dict[str, Any]:
+    """OpenAPI requestBody: a raw image, a multipart batch under 'files', and optionally JSON."""
+    binary = {"type": "string", "format": "binary"}
+    content: dict[str, Any] = {t: {"schema": binary} for t in IMAGE_TYPES} if raw else {}
+    files = {"type": "array", "items": binary, "minItems": min_files, "maxItems": max_files}
+    content[MULTIPART] = {
+        "schema": {"type": "object", "properties": {FILES_FIELD: files}, "required": [FILES_FIELD]}
+    }
+    if json_schema is not None:
+        content["application/json"] = {"schema": json_schema}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def describe_latent(openapi: dict[str, Any], latent_dim: int) -> None:
+    """Declare the served latent_dim on every JSON body with a `z` (it changes on a swap)."""
+    for operation in (op for path in openapi.get("paths", {}).values() for op in path.values()):
+        content = operation.get("requestBody", {}).get("content", {})
+        schema = content.get("application/json", {}).get("schema", {})
+        z = schema.get("properties", {}).get("z")
+        if z is None:
+            continue
+        z["items"].update(minItems=latent_dim, maxItems=latent_dim)
+        count = max(1, z.get("minItems", 1))
+        schema["examples"] = [{"z": [[round(0.5 * i - 0.5, 2)] * latent_dim for i in range(count)]}]

@@ -1,0 +1,202 @@
+"""Routes that take images: reconstruct, encode, score.
+
+No `from __future__ import annotations` here: the parameter types close over `settings`.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from service.deps import FormatDep, RuntimeDep, ServicesDep, new_seed, rng_for
+from service.latent import reparameterize
+from service.offload import Cost
+from service.problems import problem_responses
+from service.responses import image_response_doc, json_response, png_response
+from service.routes.common import (
+    BinarizeQuery,
+    PreprocessQuery,
+    ScaleQuery,
+    SeedQuery,
+    image_body_doc,
+    image_options,
+    stack_inputs,
+)
+from service.runtime import ReconstructMode
+from service.schemas import (
+    EncodeResponse,
+    ImageScore,
+    ReconstructResponse,
+    ScoreResponse,
+)
+from service.settings import Settings
+from service.uploads import read_upload
+
+ERRORS = problem_responses(413, 415, 422, 503)
+DEFAULT_SCORE_K = 100
+
+
+def router(settings: Settings) -> APIRouter:
+    """The image routes, with limits from `settings` declared in their OpenAPI."""
+    api = APIRouter(prefix="/v1", tags=["images"])
+    _add_reconstruct(api, settings)
+    _add_encode(api, settings)
+    _add_score(api, settings)
+    return api
+
+
+def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
+    body_doc = image_body_doc(settings.max_batch)
+
+    @api.post(
+        "/reconstruct",
+        responses={
+            **image_response_doc(
+                ReconstructResponse,
+                "A PNG (a grid for a batch), or JSON with `Accept: application/json`.",
+            ),
+            **ERRORS,
+        },
+        openapi_extra=body_doc,
+    )
+    async def reconstruct(
+        request: Request,
+        services: ServicesDep,
+        runtime: RuntimeDep,
+        output: FormatDep,
+        preprocess: PreprocessQuery = "mnist",
+        binarize: BinarizeQuery = True,
+        mode: Annotated[
+            ReconstructMode,
+            Query(description="`mean` decodes mu; `sample` decodes z = mu + exp(logvar/2) * eps."),
+        ] = "mean",
+        seed: SeedQuery = None,
+        scale: ScaleQuery = 1,
+    ) -> Response:
+        """Reconstruct one image (the raw body) or a batch (multipart field `files`).
+
+        JSON carries, per image, the preprocessed `inputs` the model saw, the `z` decoded and
+        the reconstruction `probs`, each row-major over `image_shape`.
+        """
+        upload = await read_upload(request, settings.max_image_pixels)
+        options = image_options(runtime, preprocess, binarize)
+        used_seed = new_seed(seed) if mode == "sample" else None
+
+        def job() -> Response:
+            images = upload.images(settings.max_batch, settings.max_image_pixels)
+            x = stack_inputs(images, options)
+            z, probs = runtime.reconstruct(x, mode, rng_for(used_seed or 0))
+            if output == "json":
+                return json_response(
+                    ReconstructResponse(
+                        model_version=runtime.version,
+                        image_shape=list(options.shape),
+                        mode=mode,
+                        seed=used_seed,
+                        inputs=x.tolist(),
+                        z=z.tolist(),
+                        probs=probs.tolist(),
+                    )
+                )
+            return png_response(probs, options.shape, scale, headers=_seed_header(used_seed))
+
+        return await services.executor.run("reconstruct", Cost(upload.pixels, 2), job)
+
+
+def _add_encode(api: APIRouter, settings: Settings) -> None:
+    body_doc = image_body_doc(settings.max_batch)
+
+    @api.post(
+        "/encode",
+        responses={
+            200: {"model": EncodeResponse, "description": "mu and logvar per image."},
+            **ERRORS,
+        },
+        openapi_extra=body_doc,
+    )
+    async def encode(
+        request: Request,
+        services: ServicesDep,
+        runtime: RuntimeDep,
+        preprocess: PreprocessQuery = "mnist",
+        binarize: BinarizeQuery = True,
+        sample: Annotated[bool, Query(description="Also draw z from q(z|x).")] = False,
+        seed: SeedQuery = None,
+    ) -> Response:
+        """Encode one image or a batch to the posterior's mu and logvar (and z if asked)."""
+        upload = await read_upload(request, settings.max_image_pixels)
+        options = image_options(runtime, preprocess, binarize)
+        used_seed = new_seed(seed) if sample else None
+
+        def job() -> Response:
+            x = stack_inputs(upload.images(settings.max_batch, settings.max_image_pixels), options)
+            mu, logvar = runtime.encode(x)
+            z = None
+            if used_seed is not None:
+                z = reparameterize(mu, logvar, rng_for(used_seed)).tolist()
+            return json_response(
+                EncodeResponse(
+                    model_version=runtime.version,
+                    latent_dim=runtime.manifest.latent_dim,
+                    mu=mu.tolist(),
+                    logvar=logvar.tolist(),
+                    z=z,
+                    seed=used_seed,
+                )
+            )
+
+        return await services.executor.run("encode", Cost(upload.pixels, 1), job)
+
+
+def _add_score(api: APIRouter, settings: Settings) -> None:
+    body_doc = image_body_doc(settings.max_batch)
+
+    @api.post(
+        "/score",
+        responses={
+            200: {"model": ScoreResponse, "description": "Scores per image, in nats."},
+            **ERRORS,
+        },
+        openapi_extra=body_doc,
+    )
+    async def score(
+        request: Request,
+        services: ServicesDep,
+        runtime: RuntimeDep,
+        preprocess: PreprocessQuery = "mnist",
+        binarize: BinarizeQuery = True,
+        k: Annotated[
+            int, Query(ge=1, le=settings.max_score_k, description="Importance samples per image.")
+        ] = min(DEFAULT_SCORE_K, settings.max_score_k),
+        seed: SeedQuery = None,
+    ) -> Response:
+        """Anomaly score per image: the k-sample IWAE estimate of -log p(x), and -ELBO.
+
+        Higher means less like the training data. Figures are nats per image.
+        """
+        upload = await read_upload(request, settings.max_image_pixels)
+        options = image_options(runtime, preprocess, binarize)
+        used_seed = new_seed(seed)
+
+        def job() -> Response:
+            x = stack_inputs(upload.images(settings.max_batch, settings.max_image_pixels), options)
+            s = runtime.score(x, k, rng_for(used_seed))
+            scores = [
+                ImageScore(
+                    anomaly_score=s.iwae_nll[i],
+                    iwae_nll=s.iwae_nll[i],
+                    neg_elbo=s.neg_elbo[i],
+                    reconstruction=s.reconstruction[i],
+                    kl=s.kl[i],
+                )
+                for i in range(len(x))
+            ]
+            return json_response(
+                ScoreResponse(model_version=runtime.version, k=k, seed=used_seed, scores=scores)
+            )
+
+        return await services.executor.run("score", Cost(upload.pixels, 1 + k), job)
+
+
+def _seed_header(seed: int | None) -> dict[str, str] | None:
+    return None if seed is None else {"X-Seed": str(seed)}

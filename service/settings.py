@@ -1,0 +1,69 @@
+"""The one validated configuration of a service process (environment variables `VAE_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; nothing else in `service/` reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VAE_", frozen=True, extra="forbid")
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="Interface to bind.")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to bind.")
+    model_repository: Path | None = Field(
+        default=None, description="Repository root; unset or empty: the embedded default model."
+    )
+    embedded_model_dir: Path = Field(
+        default=EMBEDDED_MODEL_DIR, description="The embedded default model (a repository)."
+    )
+    fallback_to_embedded: bool = Field(
+        default=True, description="Serve the embedded model while the repository has none valid."
+    )
+    poll_interval_s: float = Field(default=2.0, ge=0.01, le=3600, description="Poll period.")
+    max_body_bytes: int = Field(default=5 * 2**20, ge=1024, description="Body limit (413).")
+    max_image_pixels: int = Field(
+        default=4096 * 4096, ge=28 * 28, description="Largest width x height decoded (422)."
+    )
+    max_batch: int = Field(default=64, ge=1, le=4096, description="Images or z per request.")
+    max_sample_n: int = Field(default=256, ge=1, le=4096, description="Largest n of /v1/sample.")
+    max_score_k: int = Field(default=1000, ge=1, le=100_000, description="Largest IWAE k.")
+    max_interpolate_steps: int = Field(default=64, ge=2, le=1024, description="Largest steps.")
+    max_in_flight: int = Field(default=64, ge=1, description="Concurrent /v1 requests (503).")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After of that 503.")
+    ort_intra_op_threads: int = Field(default=1, ge=1, le=256, description="Per ORT session.")
+    inference_threads: int = Field(
+        default=2, ge=1, le=256, description="Threads for large jobs off the event loop."
+    )
+    graceful_shutdown_s: int = Field(
+        default=10, ge=0, description="Seconds shutdown waits for accepted requests."
+    )
+    static_dir: Path = Field(default=STATIC_DIR, description="The web page, served at /.")
+    log_level: LogLevel = "info"
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _paths_are_directories(self) -> Settings:
+        for name in ("model_repository", "embedded_model_dir"):
+            path = getattr(self, name)
+            if path is not None and path.exists() and not path.is_dir():
+                raise ValueError(f"{name} must be a directory, but {path} is not")
+        return self

@@ -1,0 +1,134 @@
+"""Test helpers: publish and corrupt model versions, wait with a deadline, read metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
+
+Edit = Callable[[Path, dict[str, Any]], None]
+
+
+def install(
+    repo: Path,
+    source: Path,
+    version: int,
+    edit: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> Path:
+    """Publish a copy of `source` as `repo/vae/<version>` the way the exporter does: staged in
+    a dot-directory, manifest rewritten, then renamed into place atomically."""
+    staging = repo / "vae" / f".staging-{uuid.uuid4().hex}"
+    shutil.copytree(source, staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest["version"] = version
+    if edit is not None:
+        edit(staging, manifest)
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    target = repo / "vae" / str(version)
+    staging.rename(target)
+    return target
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition` until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def rehash(version_dir: Path, manifest: dict[str, Any], graph: str) -> None:
+    data = (version_dir / f"{graph}.onnx").read_bytes()
+    manifest["graphs"][graph]["sha256"] = hashlib.sha256(data).hexdigest()
+
+
+def truncate(graph: str, *, fix_sha: bool) -> Edit:
+    def edit(version_dir: Path, manifest: dict[str, Any]) -> None:
+        path = version_dir / f"{graph}.onnx"
+        path.write_bytes(path.read_bytes()[:1000])
+        if fix_sha:
+            rehash(version_dir, manifest, graph)
+
+    return edit
+
+
+def set_sha(version_dir: Path, manifest: dict[str, Any]) -> None:
+    manifest["graphs"]["decoder"]["sha256"] = "0" * 64
+
+
+def claim_latent(size: int, *, shapes_too: bool) -> Edit:
+    """Say the latent size is `size` (and, optionally, declare graph shapes to match)."""
+
+    def edit(version_dir: Path, manifest: dict[str, Any]) -> None:
+        manifest["latent_dim"] = size
+        if shapes_too:
+            graphs = manifest["graphs"]
+            graphs["encoder"]["outputs"] = {"mu": ["batch", size], "logvar": ["batch", size]}
+            graphs["decoder"]["inputs"] = {"z": ["batch", size]}
+
+    return edit
+
+
+def edit_onnx(graph: str, change: Callable[[onnx.ModelProto], None]) -> Edit:
+    def edit(version_dir: Path, manifest: dict[str, Any]) -> None:
+        path = version_dir / f"{graph}.onnx"
+        model = onnx.load(path)
+        change(model)
+        onnx.save(model, path)
+        rehash(version_dir, manifest, graph)
+
+    return edit
+
+
+def poison_weights(model: onnx.ModelProto) -> None:
+    """Every float initializer becomes NaN: the graph loads, the smoke inference is not finite."""
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 1:
+            init.CopyFrom(numpy_helper.from_array(np.full_like(array, np.nan), init.name))
+
+
+def rename_output(old: str, new: str) -> Callable[[onnx.ModelProto], None]:
+    def change(model: onnx.ModelProto) -> None:
+        for node in model.graph.node:
+            node.output[:] = [new if name == old else name for name in node.output]
+        for output in model.graph.output:
+            if output.name == old:
+                output.name = new
+
+    return change
+
+
+def set_field(key: str, value: Any) -> Edit:
+    def edit(version_dir: Path, manifest: dict[str, Any]) -> None:
+        manifest[key] = value
+
+    return edit
+
+
+def remove(name: str) -> Edit:
+    def edit(version_dir: Path, manifest: dict[str, Any]) -> None:
+        (version_dir / name).unlink()
+
+    return edit
