@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 PYTEST_ARGS ?=
+MNIST_DIR ?= ../shared/data/mnist
 
-.PHONY: serve test lint typecheck pytest bench train-seed default-model clean
+.PHONY: serve test lint typecheck pytest bench default-model seed-model clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -39,10 +40,18 @@ pytest: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/train_speed.py
 
-## default-model: retrain the seed preset on the real MNIST and publish it as the embedded model
+## default-model: retrain the best preset (deep) on the real MNIST and publish it as the embedded model
 default-model: $(VENV)/.installed
-	$(VENV)/bin/vae-train train --preset seed --data-dir ../shared/data/mnist --no-download \
-		--run-dir runs/default-model --model-repository service/default_model --no-progress
+	rm -rf runs/default-model-repository
+	$(VENV)/bin/vae-train train --preset deep --data-dir $(MNIST_DIR) --no-download \
+		--run-dir runs/default-model --model-repository runs/default-model-repository --no-progress
+	rm -rf service/default_model/vae
+	mv runs/default-model-repository/vae service/default_model/vae
+
+## seed-model: the teaching notebook's recipe, exactly, published into models-seed/
+seed-model: $(VENV)/.installed
+	$(VENV)/bin/vae-train train --preset seed --data-dir $(MNIST_DIR) --no-download \
+		--run-dir runs/seed --model-repository models-seed --no-progress
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -194,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from training.evaluate import Encodes, OnnxVAE, evaluate
+    from training.evaluate import Encodes, OnnxVAE, describe_version, evaluate
     from training.train import load_model
 
     model: Encodes
@@ -214,7 +214,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     x = binarize(images[: args.images], threshold)
     torch.set_num_threads(1)
     result = evaluate(model, x, args.split, args.k, args.seed)
-    print(json.dumps({"model": what, **result.to_dict()}, indent=2))
+    report = {"model": what, **result.to_dict()}
+    if not args.checkpoint:
+        report.update(describe_version(version_dir, onnx_model))
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -7,6 +7,7 @@ wrapped so that its encode/decode return torch tensors.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from training.config import IMAGE_PIXELS
 from training.loss import _importance_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[u]) > 0.01
@@ -27,25 +29,24 @@ class Encodes(Protocol):
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    """Options as the service uses them: idle sessions must not spin on the other core."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxVAE:
     """A published version (encoder.onnx + decoder.onnx + manifest.json) run by onnxruntime."""
 
     def __init__(self, version_dir: Path, threads: int = 1) -> None:
         self.manifest: dict[str, Any] = json.loads((version_dir / "manifest.json").read_text())
         self.latent_dim = int(self.manifest["latent_dim"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         graphs = self.manifest["graphs"]
-        self.encoder = ort.InferenceSession(
-            str(version_dir / graphs["encoder"]["file"]),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
-        self.decoder = ort.InferenceSession(
-            str(version_dir / graphs["decoder"]["file"]),
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        self.encoder = _session(version_dir / graphs["encoder"]["file"], threads)
+        self.decoder = _session(version_dir / graphs["decoder"]["file"], threads)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder.run(["mu", "logvar"], {"x": x.numpy()})
@@ -102,3 +103,48 @@ def evaluate(
         iwae_k=k,
         active_units=int((mu.var(0) > ACTIVE_UNIT_THRESHOLD).sum().item()),
     )
+
+
+def onnx_parameters(version_dir: Path, manifest: dict[str, Any]) -> int:
+    """Weights in both graphs: the sum of their initializers' sizes."""
+    import onnx
+
+    total = 0
+    for graph in manifest["graphs"].values():
+        model = onnx.load(str(version_dir / graph["file"]))
+        total += sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+    return total
+
+
+def serving_cost_us(model: OnnxVAE, repeats: int = 2_000, rounds: int = 7) -> float:
+    """Median microseconds of encode + decode for one image, as the service runs them.
+
+    Sessions as the service builds them (OnnxVAE's default of 1 thread, no spinning); a
+    noisy machine inflates single rounds, so this is the median of `rounds` means over
+    `repeats` calls.
+    """
+    encoder, decoder = model.encoder, model.decoder
+    x = (np.random.default_rng(0).random((1, IMAGE_PIXELS)) > 0.5).astype(np.float32)
+    means = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            mu, _ = encoder.run(["mu", "logvar"], {"x": x})
+            decoder.run(["probs"], {"z": mu})
+        means.append((time.perf_counter() - start) / repeats * 1e6)
+    return float(np.median(means))
+
+
+def describe_version(version_dir: Path, model: OnnxVAE) -> dict[str, Any]:
+    """Size, cost and provenance figures of a published version, beside its evaluation."""
+    manifest = model.manifest
+    run = manifest.get("run") or {}
+    return {
+        "version": manifest["version"],
+        "preset": manifest["training"]["preset"],
+        "parameters": onnx_parameters(version_dir, manifest),
+        "onnx_bytes": sum(int(g["bytes"]) for g in manifest["graphs"].values()),
+        "train_seconds": run.get("train_seconds"),
+        "train_iterations": run.get("iterations"),
+        "serving_cost_us_per_image": round(serving_cost_us(model), 1),
+    }
