@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from service import __version__
@@ -18,7 +17,7 @@ from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.offload import Executor
 from service.problems import add_problem_schemas, install_handlers
-from service.routes import images, latents, ops
+from service.routes import images, latents, ops, page
 from service.routes.common import describe_latent
 from service.settings import Settings
 from service.watcher import ModelHolder, Watcher
@@ -71,9 +70,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await watcher.refresh()
     log.info("%s", services.holder.snapshot.detail)
     task = asyncio.create_task(watcher.run(), name="model-repository-watcher")
+    services.executor.start()
     try:
         yield
     finally:
+        services.executor.close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -83,20 +84,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app; the model is loaded by its lifespan, not here."""
     settings = settings or Settings()
     metrics = Metrics()
-    services = Services(
-        settings, ModelHolder(), metrics, Executor(settings.inference_threads, metrics)
+    executor = Executor(
+        settings.inference_threads,
+        metrics,
+        batch_max_size=settings.batch_max_size,
+        batch_max_delay_s=settings.batch_max_delay_ms / 1000,
     )
+    services = Services(settings, ModelHolder(), metrics, executor)
     app = ServiceApp(
         services,
         title="vae-mnist",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from vendored assets by routes.page
+        redoc_url=None,
     )
     install_handlers(app)
     app.include_router(images.router(settings))
     app.include_router(latents.router(settings))
     app.include_router(ops.router)
-    if settings.static_dir.is_dir():
-        app.mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static")
+    page.install(app, settings)
     return app
