@@ -6,6 +6,7 @@ VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 PYTEST_ARGS ?=
 MNIST_DIR ?= ../shared/data/mnist
+DEFAULT_PRESET ?= compact
 
 .PHONY: serve test lint typecheck pytest bench default-model seed-model clean
 
@@ -40,11 +41,13 @@ pytest: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/train_speed.py
 
-## default-model: retrain the best preset (deep) on the real MNIST and publish it as the embedded model
+## default-model: retrain the chosen preset on the real MNIST and publish it as the embedded model,
+## version 0 (so the first version training publishes, 1, is told apart in X-Model-Version)
 default-model: $(VENV)/.installed
 	rm -rf runs/default-model-repository
-	$(VENV)/bin/vae-train train --preset deep --data-dir $(MNIST_DIR) --no-download \
-		--run-dir runs/default-model --model-repository runs/default-model-repository --no-progress
+	$(VENV)/bin/vae-train train --preset $(DEFAULT_PRESET) --data-dir $(MNIST_DIR) --no-download \
+		--run-dir runs/default-model --model-repository runs/default-model-repository --version 0 \
+		--no-progress
 	rm -rf service/default_model/vae
 	mv runs/default-model-repository/vae service/default_model/vae
 

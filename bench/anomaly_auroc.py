@@ -2,8 +2,8 @@
 
 Starts the real service (`python -m service.main`) on a free 127.0.0.1 port serving the
 given model version, sends held-out MNIST validation digits and Fashion-MNIST test images
-to `POST /v1/score` in multipart batches, and reports the AUROC of `anomaly_score` (the
-IWAE NLL in nats) for telling them apart.
+to `POST /v1/score` in multipart batches, and reports the AUROC for telling them apart, of
+`anomaly_score` (IWAE NLL per unit of ink) and of the raw IWAE NLL.
 
     python bench/anomaly_auroc.py --version-dir service/default_model/vae/1 \\
         --mnist-dir ../shared/data/mnist --fashion-dir /usr/share/datasets/fashion-mnist
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import socket
@@ -58,7 +59,8 @@ def free_port() -> int:
 
 
 def start_service(version_dir: Path, repo: Path, port: int) -> subprocess.Popen[bytes]:
-    shutil.copytree(version_dir, repo / "vae" / "1")
+    version = json.loads((version_dir / "manifest.json").read_text())["version"]
+    shutil.copytree(version_dir, repo / "vae" / str(version))
     env = {
         **os.environ,
         "VAE_MODEL_REPOSITORY": str(repo),
@@ -80,13 +82,14 @@ def start_service(version_dir: Path, repo: Path, port: int) -> subprocess.Popen[
 
 
 def scores(client: httpx.Client, images: np.ndarray, k: int, batch: int) -> np.ndarray:
-    out: list[float] = []
+    """[N, 2]: each image's anomaly_score and iwae_nll."""
+    out: list[tuple[float, float]] = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         files = [("files", (f"{i}.png", png(im), "image/png")) for i, im in enumerate(chunk)]
         r = client.post("/v1/score", params={"k": k, "seed": 0, "preprocess": "none"}, files=files)
         r.raise_for_status()
-        out.extend(s["anomaly_score"] for s in r.json()["scores"])
+        out.extend((s["anomaly_score"], s["iwae_nll"]) for s in r.json()["scores"])
     return np.array(out)
 
 
@@ -121,9 +124,12 @@ def main() -> None:
         f"model: {args.version_dir}; k = {args.k}; {len(digits)} MNIST validation digits "
         f"vs {len(clothes)} Fashion-MNIST test images"
     )
-    medians = f"MNIST {np.median(digits):.1f}, Fashion {np.median(clothes):.1f}"
-    print(f"median anomaly score (nats): {medians}")
-    print(f"AUROC: {auroc(digits, clothes):.4f}")
+    for column, name in enumerate(("anomaly_score", "iwae_nll (raw)")):
+        a, b = digits[:, column], clothes[:, column]
+        print(
+            f"{name}: AUROC {auroc(a, b):.4f}; median MNIST {np.median(a):.3g}, "
+            f"Fashion {np.median(b):.3g}"
+        )
 
 
 if __name__ == "__main__":

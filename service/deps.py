@@ -31,30 +31,39 @@ class Services:
     executor: Executor
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are `async def` although none awaits: FastAPI runs a plain `def`
+# dependency in the threadpool, and those hops (four per image request) cost more than the
+# model itself (docs/benchmarks.md).
+
+
+def services_of(request: Request) -> Services:
     services = request.app.state.services
     assert isinstance(services, Services)
     return services
 
 
-def get_settings(request: Request) -> Settings:
-    return get_services(request).settings
+async def get_services(request: Request) -> Services:
+    return services_of(request)
 
 
-def get_snapshot(request: Request) -> Snapshot:
+async def get_settings(request: Request) -> Settings:
+    return services_of(request).settings
+
+
+async def get_snapshot(request: Request) -> Snapshot:
     """The snapshot taken when the request arrived (the same one X-Model-Version names)."""
     snapshot = request.scope.get(SNAPSHOT_SCOPE_KEY)
-    return snapshot if isinstance(snapshot, Snapshot) else get_services(request).holder.snapshot
+    return snapshot if isinstance(snapshot, Snapshot) else services_of(request).holder.snapshot
 
 
-def get_runtime(snapshot: Annotated[Snapshot, Depends(get_snapshot)]) -> ModelRuntime:
+async def get_runtime(snapshot: Annotated[Snapshot, Depends(get_snapshot)]) -> ModelRuntime:
     """The served model, or 503 problem+json saying why there is none."""
     if snapshot.runtime is None:
         raise ApiProblem(503, "model-unavailable", snapshot.detail, title="No model to serve")
     return snapshot.runtime
 
 
-def get_output_format(
+async def get_output_format(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> OutputFormat:
     return negotiate(accept)

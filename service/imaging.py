@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
+import struct
+import zlib
 
 import numpy as np
-from PIL import Image
 
 from service.latent import Array
 
@@ -15,6 +15,7 @@ GAP_LEVEL = 96  # gray of the gaps, so that black digit backgrounds stay apart
 MAX_SCALE = 16
 MAX_OUTPUT_SIDE = 4096  # pixels; a larger grid is refused (scale too large for the batch)
 PNG_COMPRESS_LEVEL = 1  # tiny images: level 1 is as small as 6 and several times faster
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def grid_columns(count: int) -> int:
@@ -42,9 +43,26 @@ def render(probs: Array, shape: tuple[int, int], columns: int, scale: int) -> by
     pixels = _tile(cells, columns)
     if scale > 1:
         pixels = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+    return encode_png(pixels)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """[H, W] uint8 -> an 8-bit grayscale PNG, no filtering, zlib at PNG_COMPRESS_LEVEL.
+
+    Written directly (signature, IHDR, one IDAT, IEND; PNG spec, ISO/IEC 15948): for a 28x28
+    image PIL's encoder spends ~40 us in Python plumbing around a ~10 us zlib call.
+    """
+    h, w = pixels.shape
+    rows = np.zeros((h, w + 1), np.uint8)  # each row starts with its filter type, 0 = None
+    rows[:, 1:] = pixels
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
+    data = zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """length, type, data, CRC-32 of type + data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _tile(cells: np.ndarray, columns: int) -> np.ndarray:

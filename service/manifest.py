@@ -65,7 +65,7 @@ def parse_manifest(document: dict[str, Any]) -> Manifest:
     """Check the relied-on fields and that the declared graph shapes agree with them."""
     if document.get("format") != MANIFEST_FORMAT:
         raise ManifestError(f"format must be {MANIFEST_FORMAT!r}, got {document.get('format')!r}")
-    version = _positive_int(document, "version")
+    version = _version(document)
     latent_dim = _positive_int(document, "latent_dim")
     image_shape = _image_shape(document.get("image_shape"))
     graphs = document.get("graphs")
@@ -109,6 +109,14 @@ def _check_declared_shapes(manifest: Manifest) -> None:
                 f"but latent_dim={manifest.latent_dim} and image_shape="
                 f"{list(manifest.image_shape)} require {inputs} and {outputs}"
             )
+
+
+def _version(document: dict[str, Any]) -> int:
+    """Non-negative: 0 is the embedded default model, published versions count from 1."""
+    value = document.get("version")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f"version must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _positive_int(document: dict[str, Any], key: str) -> int:

@@ -31,6 +31,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -63,6 +64,12 @@ class Metrics:
             buckets=buckets,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "vae_inference_batch_size",
+            "Requests served by one run of the inference thread (micro-batching).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.model_info = Gauge(
             "vae_model_info", "The served model (value 1).", ["version", "source"], registry=r
         )
@@ -83,6 +90,9 @@ class Metrics:
 
     def observe_inference(self, operation: str, seconds: float) -> None:
         self.inference_seconds.labels(operation=operation).observe(seconds)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
 
     def record_refresh(
         self,

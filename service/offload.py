@@ -1,23 +1,32 @@
-"""Where a request's model work runs: inline on the event loop, or in a worker thread.
+"""Where a request's model work runs: the inference thread, the event loop, or a worker.
 
-Measured (DESIGN.md, runtime rules): a 28x28 PNG reconstruct costs ~125 us of codec + model,
-and running it inline in `async def` gave 1.7x the throughput of a threadpool hop. Work that
-is bounded that small runs inline; anything larger (multipart batches, big images, many
-samples, large-k scores, interpolations) runs in a worker thread so the loop stays free.
+Measured (docs/benchmarks.md, threading model): on this 2-core machine a dedicated inference
+thread that micro-batches concurrent requests (service.batcher) served small image requests
+with less CPU per request than running them inline on the event loop, and inline beat a
+threadpool hop. So a small reconstruct or encode (one image of at most 64x64 pixels) goes to
+the inference thread when batching is on (VAE_BATCH_MAX_SIZE > 0); other small work runs
+inline; anything larger (multipart batches, big images, many samples, large-k scores,
+interpolations) runs on the worker threads so the loop stays free.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import anyio
+import numpy as np
 
+from service.batcher import MicroBatcher
+from service.latent import Array
 from service.metrics import Metrics
+from service.runtime import ModelRuntime
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Decoding and preprocessing up to 64x64 source pixels costs about as much as the model on
 # a few rows; together they stay within ~0.3 ms, the bound on how long the loop may stall.
@@ -42,17 +51,144 @@ def runs_inline(cost: Cost) -> bool:
     )
 
 
-class Executor:
-    """Runs jobs inline or on `threads` worker threads, timing each as inference latency."""
+@dataclass(frozen=True)
+class Pass:
+    """What one job's rows gave: x [b, D], mu and logvar [b, L], and z [b, L] and probs [b, D]
+    when the job decodes (None when it uses the encoder alone)."""
 
-    def __init__(self, threads: int, metrics: Metrics) -> None:
+    x: Array
+    mu: Array
+    logvar: Array
+    z: Array | None
+    probs: Array | None
+
+
+@dataclass(frozen=True)
+class ModelJob(Generic[R]):
+    """A request's model work split around the two graphs, so that jobs can share their runs.
+
+    `inputs()` decodes and preprocesses (x [b, D]); `latent(mu, logvar)` gives the z to
+    decode, or is None for the encoder alone; `respond(pass)` builds the result.
+    """
+
+    runtime: ModelRuntime
+    inputs: Callable[[], Array]
+    latent: Callable[[Array, Array], Array] | None
+    respond: Callable[[Pass], R]
+
+
+def run_jobs(jobs: Sequence[ModelJob[R]]) -> list[R | Exception]:
+    """Run jobs together: one encoder run and at most one decoder run per served model.
+
+    A job's own failure (a bad image) fails it alone; a graph's failure fails its model's jobs.
+    """
+    outcomes: dict[int, R | Exception] = {}
+    inputs: dict[int, Array] = {}
+    for i, job in enumerate(jobs):
+        try:
+            inputs[i] = job.inputs()
+        except Exception as exc:
+            outcomes[i] = exc
+    groups: dict[int, list[int]] = {}
+    for i in inputs:  # a hot swap can put two models in one batch
+        groups.setdefault(id(jobs[i].runtime), []).append(i)
+    for members in groups.values():
+        try:
+            passes = _passes([jobs[i] for i in members], [inputs[i] for i in members])
+        except Exception as exc:
+            outcomes.update((i, exc) for i in members)
+            continue
+        for i, one_pass in zip(members, passes, strict=True):
+            try:
+                outcomes[i] = jobs[i].respond(one_pass)
+            except Exception as exc:  # building this response failed: this job alone
+                outcomes[i] = exc
+    return [outcomes[i] for i in range(len(jobs))]
+
+
+def run_one(job: ModelJob[R]) -> R:
+    """One job alone; its exception is raised."""
+    outcome = run_jobs([job])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _passes(jobs: list[ModelJob[R]], xs: list[Array]) -> list[Pass]:
+    """Jobs of one runtime: the encoder on all their rows, the decoder on all their z."""
+    runtime = jobs[0].runtime
+    mu, logvar = runtime.encode(_stack(xs))
+    if len(mu) != sum(len(x) for x in xs):
+        raise RuntimeError(f"the encoder gave {len(mu)} rows for {sum(len(x) for x in xs)}")
+    mus, logvars = _split(mu, xs), _split(logvar, xs)
+    zs = [
+        None if job.latent is None else job.latent(m, lv)
+        for job, m, lv in zip(jobs, mus, logvars, strict=True)
+    ]
+    decoded = [z for z in zs if z is not None]
+    probs = iter(_split(runtime.decode(_stack(decoded)), decoded) if decoded else [])
+    return [
+        Pass(x, m, lv, z, None if z is None else next(probs))
+        for x, m, lv, z in zip(xs, mus, logvars, zs, strict=True)
+    ]
+
+
+def _stack(parts: list[Array]) -> Array:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _split(rows: Array, like: list[Array]) -> list[Array]:
+    """`rows` cut into consecutive pieces as long as each of `like`."""
+    ends = np.cumsum([len(part) for part in like])
+    return np.split(rows, ends[:-1])
+
+
+class Executor:
+    """Runs jobs on the inference thread, inline, or on `threads` worker threads, timing each
+    as inference latency."""
+
+    def __init__(
+        self,
+        threads: int,
+        metrics: Metrics,
+        batch_max_size: int = 0,
+        batch_max_delay_s: float = 0.0,
+    ) -> None:
         self.limiter = anyio.CapacityLimiter(threads)
         self.metrics = metrics
+        self.batcher: MicroBatcher[tuple[str, ModelJob[Any]], Any] | None = None
+        if batch_max_size > 0:
+            self.batcher = MicroBatcher(self._run_batch, batch_max_size, batch_max_delay_s)
+
+    def start(self) -> None:
+        """Start the inference thread (the app's lifespan calls this, and `close`)."""
+        if self.batcher is not None:
+            self.batcher.start()
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     async def run(self, operation: str, cost: Cost, job: Callable[[], T]) -> T:
         if runs_inline(cost):
             return self._timed(operation, job)
         return await anyio.to_thread.run_sync(self._timed, operation, job, limiter=self.limiter)
+
+    async def run_model(self, operation: str, cost: Cost, job: ModelJob[R]) -> R:
+        """A small job goes to the inference thread while it runs; otherwise as `run`."""
+        if self.batcher is not None and self.batcher.running and runs_inline(cost):
+            result: R = await self.batcher.submit((operation, job))
+            return result
+        return await self.run(operation, cost, partial(run_one, job))
+
+    def _run_batch(self, items: list[tuple[str, ModelJob[Any]]]) -> list[Any]:
+        start = time.perf_counter()
+        outcomes = run_jobs([job for _, job in items])
+        elapsed = time.perf_counter() - start
+        for operation, _ in items:  # the time each request's work took, shared or not
+            self.metrics.observe_inference(operation, elapsed)
+        self.metrics.observe_batch(len(items))
+        return outcomes
 
     def _timed(self, operation: str, job: Callable[[], T]) -> T:
         start = time.perf_counter()

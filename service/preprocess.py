@@ -130,13 +130,21 @@ def _ink(gray: Array, field: str) -> Array:
     background, peak = _border_level(ink), float(ink.max())
     if peak - background < MIN_CONTRAST:
         raise invalid(field, "no ink found (the image is blank); send a digit", code="blank_image")
+    if background == 0.0 and peak == 1.0:  # full contrast already (MNIST itself): no stretch
+        return np.asarray(ink, dtype=np.float32)
     return np.asarray(np.clip((ink - background) / (peak - background), 0, 1), dtype=np.float32)
 
 
 def _border_level(values: Array) -> float:
-    """The median of the outermost rows and columns: the background's level."""
-    border = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
-    return float(np.median(border))
+    """The median of the outermost rows and columns: the background's level.
+
+    np.median's own overhead is ~10x the sort of these few values; the result is the same.
+    """
+    border = np.sort(np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]]))
+    half = len(border) // 2
+    if len(border) % 2:
+        return float(border[half])
+    return float((border[half - 1] + border[half]) / border.dtype.type(2))
 
 
 def _fit(crop: Array, box: int) -> Array:
@@ -144,6 +152,8 @@ def _fit(crop: Array, box: int) -> Array:
     h, w = crop.shape
     scale = box / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):  # already fitted (every MNIST digit): PIL would return a copy
+        return np.clip(crop, 0.0, 1.0)
     resized = Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 

@@ -12,10 +12,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://vae-mnist.dev/problems/"
+# nginx's code for "client closed request": what the metrics count when a client hangs up
+# before its body has arrived (Starlette raises ClientDisconnect; it is not a server error).
+CLIENT_CLOSED_REQUEST = 499
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     return from_validation_error(exc).response()
 
 
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client left while its body was being read: nobody to answer, and no server error."""
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return ApiProblem(500, "internal-error", "an unexpected error; this is a bug").response()
@@ -158,6 +168,7 @@ def install_handlers(app: FastAPI) -> None:
     """Route HTTPException, validation errors and anything unexpected to problem+json."""
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -125,12 +125,11 @@ class ModelRepository:
 
 def _entry(path: Path) -> VersionEntry:
     try:
-        files = sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-            for f in os.scandir(path)
-            if f.is_file()
-        )
-    except OSError:
+        with os.scandir(path) as children:  # closed even when a file vanishes mid-listing
+            files = sorted(
+                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in children if f.is_file()
+            )
+    except OSError:  # removed or changing while listed: incomplete until the next poll
         files = []
     complete = any(name == MANIFEST_FILE for name, _, _ in files)
     return VersionEntry(int(path.name), path, complete, tuple(files))

@@ -11,7 +11,9 @@ from service.repository import VersionStatus
 from service.runtime import ReconstructMode, Source
 
 MAX_ABS_Z = 1000.0  # |z| beyond this is no latent code a Gaussian prior would give
-LatentValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_Z, le=MAX_ABS_Z)]
+# Strict: a JSON number (integer or not), as the schema says; lax mode would also take true,
+# false and numeric strings such as "1.5" (found by schemathesis, tests/reliability).
+LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Z, le=MAX_ABS_Z)]
 Rows = list[list[float]]
 _EXAMPLE_ROW = [0.0, 0.5, 1.0]  # illustrative: real rows have 784 pixels or latent_dim values
 
@@ -116,7 +118,10 @@ class InterpolateResponse(ImagesResponse):
 class ImageScore(BaseModel):
     """Figures for one image, in nats (lower is more typical of the training data)."""
 
-    anomaly_score: float = Field(description="The IWAE NLL estimate.")
+    anomaly_score: float = Field(
+        description="iwae_nll / (1 + ink), ink being the sum of the input's pixel values in "
+        "[0, 1]: nats per unit of ink, higher for inputs unlike the training digits."
+    )
     iwae_nll: float = Field(description="-log p(x) estimated with k importance samples.")
     neg_elbo: float = Field(description="reconstruction + kl, an upper bound on -log p(x).")
     reconstruction: float = Field(description="-E_q[log p(x|z)] over the k samples.")
@@ -133,7 +138,7 @@ class ScoreResponse(BaseModel):
         unit="nats",
         scores=[
             {
-                "anomaly_score": 95.1,
+                "anomaly_score": 0.61,
                 "iwae_nll": 95.1,
                 "neg_elbo": 99.8,
                 "reconstruction": 74.2,

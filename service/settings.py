@@ -44,6 +44,20 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         default=2, ge=1, le=256, description="Threads for large jobs off the event loop."
     )
+    batch_max_size: int = Field(
+        default=32,
+        ge=0,
+        le=4096,
+        description="Most requests one model run serves on the inference thread; 0: no "
+        "inference thread (small jobs run inline on the event loop).",
+    )
+    batch_max_delay_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long a batch waits for more requests after its first; 0: it takes "
+        "only those already queued.",
+    )
     graceful_shutdown_s: int = Field(
         default=10, ge=0, description="Seconds shutdown waits for accepted requests."
     )

@@ -8,10 +8,12 @@ so a request that took the snapshot sees one runtime from start to finish.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import anyio
 
+from service.memory import release_freed_memory
 from service.metrics import Metrics
 from service.repository import ModelRepository, Rejection, VersionEntry, VersionRecord
 from service.runtime import ModelRuntime
@@ -72,11 +74,12 @@ class ModelSource:
         rejections: list[Rejection] = []
         loaded = None
         if self.repository is not None:
-            above = runtime.version if runtime and runtime.source == "repository" else 0
+            # Versions count from 0 (the embedded default model is 0): -1 means "any".
+            above = runtime.version if runtime and runtime.source == "repository" else -1
             loaded, rejected = self.repository.load_best(repo_entries, above)
             rejections += rejected
         if loaded is None and runtime is None and self.embedded is not None:
-            loaded, rejected = self.embedded.load_best(embedded_entries, 0)
+            loaded, rejected = self.embedded.load_best(embedded_entries, -1)
             rejections += rejected
         serving = loaded or runtime
         snapshot = Snapshot(
@@ -145,14 +148,26 @@ class Watcher:
         self.holder = holder
         self.metrics = metrics
         self.interval = settings.poll_interval_s
+        self.model_freed = False  # a swapped-out runtime was garbage-collected since last poll
 
     async def refresh(self) -> None:
         """One scan and (maybe) swap; loading and validation run in a worker thread."""
+        previous = self.holder.snapshot.runtime
+        if self.model_freed:
+            self.model_freed = False
+            await anyio.to_thread.run_sync(release_freed_memory)
         result = await anyio.to_thread.run_sync(self.source.refresh, self.holder.snapshot)
         self.holder.snapshot = result.snapshot
         self.metrics.record_refresh(result.snapshot.runtime, result.loaded, result.rejections)
         if result.loaded is not None:
             log.info("now %s", result.snapshot.detail)
+            if previous is not None:
+                # Requests that took the old snapshot may still use it; once the last one ends,
+                # the next poll gives its freed memory back (service.memory).
+                weakref.finalize(previous, self._mark_model_freed)
+
+    def _mark_model_freed(self) -> None:
+        self.model_freed = True
 
     async def run(self) -> None:
         """Poll until cancelled; a failed poll is logged and the current model keeps serving."""

@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         help="publish into this repository (default: %(default)s)",
     )
     r.add_argument("--no-publish", action="store_true", help="export into the run dir only")
+    r.add_argument(
+        "--version",
+        type=int,
+        help="publish as this version number instead of the next free one "
+        "(the embedded default model is version 0)",
+    )
     r.add_argument("--force", action="store_true", help="publish even if the quality gate refuses")
     r.add_argument(
         "--gate-tolerance",
@@ -177,6 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=_source(args),
         run_dir=run_dir,
         repository=None if (args.no_publish or dry) else args.model_repository,
+        version=args.version,
         resume=args.resume,
         force=args.force,
         gate_tolerance=args.gate_tolerance,

@@ -36,6 +36,7 @@ class RunOptions:
     data: DataSource
     run_dir: Path
     repository: Path | None  # where to publish; None: export into run_dir only
+    version: int | None = None  # publish as this version instead of the next free one
     resume: bool = False
     force: bool = False
     gate_tolerance: float = 1.0
@@ -137,6 +138,7 @@ def _publish(
         force=opts.force,
         tolerance=opts.gate_tolerance,
         run_info=run_info,
+        version=opts.version,
     )
     return {"published": {"version": published.version, "path": str(published.path)},
             "gate": published.gate}  # fmt: skip

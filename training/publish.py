@@ -199,13 +199,17 @@ def publish_version(
     force: bool = False,
     tolerance: float = DEFAULT_GATE_TOLERANCE,
     run_info: dict[str, Any] | None = None,
+    version: int | None = None,
 ) -> PublishResult:
     """Export, verify and publish `model` as `repo_root/vae/<next version>/`.
 
     The quality gate compares `evaluation["neg_elbo"]` with the newest complete version's;
     a model worse by more than `tolerance` nats is refused unless `force`. `run_info`
-    (wall time, iterations) is recorded in the manifest as it is.
+    (wall time, iterations) is recorded in the manifest as it is. `version` overrides the
+    next free number (the embedded default model is version 0); it must not exist yet.
     """
+    if version is not None and version < 0:
+        raise ValueError(f"a version is a non-negative integer, got {version}")
     model_dir = repo_root / MODEL_NAME
     model_dir.mkdir(parents=True, exist_ok=True)
     gate = quality_gate(repo_root, evaluation, tolerance, force)
@@ -216,7 +220,10 @@ def publish_version(
         diff = verify_export(model, staging)
         for spec in graph_specs(model.latent_dim).values():
             _fsync_path(staging / spec.file)
-        version = _next_version(model_dir)
+        if version is None:
+            version = _next_version(model_dir)
+        elif (model_dir / str(version)).exists():
+            raise ValueError(f"version {version} already exists in {model_dir}")
         manifest = build_manifest(
             version, staging, model, cfg, evaluation, data_info, diff, run_info
         )

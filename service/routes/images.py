@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from service.deps import FormatDep, RuntimeDep, ServicesDep, new_seed, rng_for
-from service.latent import reparameterize
-from service.offload import Cost
+from service.latent import Array, reparameterize
+from service.offload import Cost, ModelJob, Pass
 from service.problems import problem_responses
 from service.responses import image_response_doc, json_response, png_response
 from service.routes.common import (
@@ -82,10 +82,16 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
         options = image_options(runtime, preprocess, binarize)
         used_seed = new_seed(seed) if mode == "sample" else None
 
-        def job() -> Response:
-            images = upload.images(settings.max_batch, settings.max_image_pixels)
-            x = stack_inputs(images, options)
-            z, probs = runtime.reconstruct(x, mode, rng_for(used_seed or 0))
+        def inputs() -> Array:
+            return stack_inputs(
+                upload.images(settings.max_batch, settings.max_image_pixels), options
+            )
+
+        def latent(mu: Array, logvar: Array) -> Array:
+            return mu if used_seed is None else reparameterize(mu, logvar, rng_for(used_seed))
+
+        def respond(result: Pass) -> Response:
+            assert result.z is not None and result.probs is not None
             if output == "json":
                 return json_response(
                     ReconstructResponse(
@@ -93,14 +99,15 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
                         image_shape=list(options.shape),
                         mode=mode,
                         seed=used_seed,
-                        inputs=x.tolist(),
-                        z=z.tolist(),
-                        probs=probs.tolist(),
+                        inputs=result.x.tolist(),
+                        z=result.z.tolist(),
+                        probs=result.probs.tolist(),
                     )
                 )
-            return png_response(probs, options.shape, scale, headers=_seed_header(used_seed))
+            return png_response(result.probs, options.shape, scale, headers=_seed_header(used_seed))
 
-        return await services.executor.run("reconstruct", Cost(upload.pixels, 2), job)
+        job = ModelJob(runtime, inputs, latent, respond)
+        return await services.executor.run_model("reconstruct", Cost(upload.pixels, 2), job)
 
 
 def _add_encode(api: APIRouter, settings: Settings) -> None:
@@ -128,24 +135,28 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
         options = image_options(runtime, preprocess, binarize)
         used_seed = new_seed(seed) if sample else None
 
-        def job() -> Response:
-            x = stack_inputs(upload.images(settings.max_batch, settings.max_image_pixels), options)
-            mu, logvar = runtime.encode(x)
+        def inputs() -> Array:
+            return stack_inputs(
+                upload.images(settings.max_batch, settings.max_image_pixels), options
+            )
+
+        def respond(result: Pass) -> Response:
             z = None
             if used_seed is not None:
-                z = reparameterize(mu, logvar, rng_for(used_seed)).tolist()
+                z = reparameterize(result.mu, result.logvar, rng_for(used_seed)).tolist()
             return json_response(
                 EncodeResponse(
                     model_version=runtime.version,
                     latent_dim=runtime.manifest.latent_dim,
-                    mu=mu.tolist(),
-                    logvar=logvar.tolist(),
+                    mu=result.mu.tolist(),
+                    logvar=result.logvar.tolist(),
                     z=z,
                     seed=used_seed,
                 )
             )
 
-        return await services.executor.run("encode", Cost(upload.pixels, 1), job)
+        job = ModelJob(runtime, inputs, None, respond)
+        return await services.executor.run_model("encode", Cost(upload.pixels, 1), job)
 
 
 def _add_score(api: APIRouter, settings: Settings) -> None:
@@ -183,7 +194,7 @@ def _add_score(api: APIRouter, settings: Settings) -> None:
             s = runtime.score(x, k, rng_for(used_seed))
             scores = [
                 ImageScore(
-                    anomaly_score=s.iwae_nll[i],
+                    anomaly_score=s.anomaly[i],
                     iwae_nll=s.iwae_nll[i],
                     neg_elbo=s.neg_elbo[i],
                     reconstruction=s.reconstruction[i],

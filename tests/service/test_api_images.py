@@ -147,8 +147,10 @@ def test_score_reports_nats_per_image_and_is_seeded(client: TestClient) -> None:
     files = [samples.photo_png(), samples.digit_png()]
     body = post_batch(client, "/v1/score", files, k=50, seed=1).json()
     assert body["k"] == 50 and body["unit"] == "nats" and len(body["scores"]) == 2
-    for score in body["scores"]:
-        assert score["anomaly_score"] == score["iwae_nll"] <= score["neg_elbo"] + 1e-9
+    inputs = post_batch(client, "/v1/reconstruct", files, True).json()["inputs"]
+    for score, x in zip(body["scores"], inputs, strict=True):
+        assert score["iwae_nll"] <= score["neg_elbo"] + 1e-9
+        assert score["anomaly_score"] == pytest.approx(score["iwae_nll"] / (1 + sum(x)))
         assert score["neg_elbo"] == pytest.approx(score["reconstruction"] + score["kl"])
     assert post_batch(client, "/v1/score", files, k=50, seed=1).json() == body
     single = post_image(client, "/v1/score", samples.photo_png()).json()
