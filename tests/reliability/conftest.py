@@ -1,0 +1,19 @@
+"""Fixtures: a model repository serving the shipped default model, as a real deployment would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.soak import SEED_MODEL
+from tests.service.service_helpers import install
+
+
+@pytest.fixture
+def seed_repo(tmp_path: Path) -> Path:
+    """A repository whose version 1 is the shipped default model."""
+    root = tmp_path / "repo"
+    (root / "vae").mkdir(parents=True)
+    install(root, SEED_MODEL, 1)
+    return root
