@@ -33,9 +33,13 @@ if TYPE_CHECKING:
 _QUIET: dict[str, Any] = {"poll_interval_s": 0.5, "log_level": "warning"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium, one per session."""
+    """Headless Debian Chromium, one for the browser tests.
+
+    Package-scoped, not session-scoped: Playwright's sync API keeps an asyncio loop running
+    in the main thread while it is open, and later tests' asyncio.run() would refuse to run.
+    """
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
@@ -51,7 +55,7 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def served_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real default model, republished as version SERVED_VERSION of a model repository;
     returns its manifest.json."""
@@ -60,14 +64,14 @@ def served_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install(root, embedded_version_dir(), SERVED_VERSION) / "manifest.json"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live_url(served_manifest: Path) -> Iterator[str]:
     """The service with the real page, serving that repository (and no embedded fallback)."""
     root = served_manifest.parents[2]
     yield from serve(Settings(model_repository=root, fallback_to_embedded=False, **_QUIET))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def default_url() -> Iterator[str]:
     """The service as `vae-serve` starts by default: the embedded default model."""
     yield from serve(Settings(model_repository=None, **_QUIET))
