@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from service.metrics import Metrics
 from service.offload import Executor
@@ -31,15 +31,22 @@ class Services:
     executor: Executor
 
 
-# The dependencies are `async def` although none awaits: FastAPI runs a plain `def`
-# dependency in the threadpool, and those hops (four per image request) cost more than the
-# model itself (docs/benchmarks.md).
+# The dependencies are `async def` although none awaits, and none depends on another: FastAPI
+# runs a plain `def` dependency in the threadpool, and solves each dependency's own
+# parameters on every request; those hops and solves cost more than the model itself
+# (docs/benchmarks.md).
 
 
 def services_of(request: Request) -> Services:
     services = request.app.state.services
     assert isinstance(services, Services)
     return services
+
+
+def snapshot_of(request: Request) -> Snapshot:
+    """The snapshot taken when the request arrived (the same one X-Model-Version names)."""
+    snapshot = request.scope.get(SNAPSHOT_SCOPE_KEY)
+    return snapshot if isinstance(snapshot, Snapshot) else services_of(request).holder.snapshot
 
 
 async def get_services(request: Request) -> Services:
@@ -51,22 +58,20 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_snapshot(request: Request) -> Snapshot:
-    """The snapshot taken when the request arrived (the same one X-Model-Version names)."""
-    snapshot = request.scope.get(SNAPSHOT_SCOPE_KEY)
-    return snapshot if isinstance(snapshot, Snapshot) else services_of(request).holder.snapshot
+    return snapshot_of(request)
 
 
-async def get_runtime(snapshot: Annotated[Snapshot, Depends(get_snapshot)]) -> ModelRuntime:
+async def get_runtime(request: Request) -> ModelRuntime:
     """The served model, or 503 problem+json saying why there is none."""
+    snapshot = snapshot_of(request)
     if snapshot.runtime is None:
         raise ApiProblem(503, "model-unavailable", snapshot.detail, title="No model to serve")
     return snapshot.runtime
 
 
-async def get_output_format(
-    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> OutputFormat:
-    return negotiate(accept)
+async def get_output_format(request: Request) -> OutputFormat:
+    """PNG or JSON from the Accept header (read here, not declared: it is no API parameter)."""
+    return negotiate(request.headers.get("accept"))
 
 
 def new_seed(seed: int | None) -> int:

@@ -1,0 +1,276 @@
+"""In-process costs: the service's model call vs torch eager, ORT threads, and codec stages.
+
+    python bench/model_speed.py [--repeats 15] [--calls 1000] [--model-dir DIR]
+
+Everything is measured in one process, alternating between the contenders repeat by repeat
+(so that machine noise hits them alike); figures are medians over `--repeats` of the mean
+wall time of `--calls` calls.
+
+1. Model path at batch 1: the service's model call for one 784-vector (a reconstruct job
+   of mode=mean run by service.offload.run_one, as the route hands it over: encoder run,
+   decoder run), the two graph runs alone, and the per-image cost of 16 such jobs batched,
+   against torch eager (training.model.VAE of the served model's config with its weights,
+   read from the ONNX initializers; encode -> mu -> decode -> sigmoid under
+   inference_mode). The embedded default model, or the version directory `--model-dir`;
+   one thread each.
+2. ORT intra-op threads 1 vs 2 per batch size (per-image cost of a reconstruct).
+3. Codec stages of a 28x28 request: PNG decode, MNIST preprocessing, PNG encode (the
+   service's encoder and PIL's).
+4. Whole jobs, one request each without HTTP (reconstruct, encode, sample n=64): the floor
+   under each endpoint, to which the trivial endpoint's HTTP cost adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from harness import digit_png, machine
+from onnx import numpy_helper
+from PIL import Image
+
+from service import imaging, preprocess
+from service.latent import Array
+from service.manifest import read_manifest
+from service.offload import ModelJob, Pass, run_jobs, run_one
+from service.responses import json_response, png_response
+from service.runtime import ModelRuntime
+from service.schemas import EncodeResponse
+from training.config import TrainConfig
+from training.model import VAE
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "service" / "default_model" / "vae"
+
+
+def alternate(
+    contenders: dict[str, Callable[[], object]], repeats: int, calls: int
+) -> dict[str, float]:
+    """Median over `repeats` of the mean microseconds per call, contenders interleaved."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            for _ in range(max(calls // 10, 10)):  # re-warm after the other contenders ran
+                fn()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def runtime(model_dir: Path, threads: int) -> ModelRuntime:
+    return ModelRuntime.load(
+        model_dir, read_manifest(model_dir), threads=threads, source="repository"
+    )
+
+
+def torch_twin(model_dir: Path) -> VAE:
+    """The served model in torch: its config from the manifest, its weights from the ONNX
+    initializers (their names are the state_dict keys)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    training = manifest["training"]
+    cfg = TrainConfig.from_preset(
+        "seed",
+        latent_dim=manifest["latent_dim"],
+        encoder_hidden=tuple(training["encoder_hidden"]),
+        decoder_hidden=tuple(training["decoder_hidden"]),
+    )
+    model = VAE(cfg).eval()
+    state = {}
+    for graph, prefix in (("encoder", "encoder."), ("decoder", "")):
+        for tensor in onnx.load(model_dir / f"{graph}.onnx").graph.initializer:
+            state[prefix + tensor.name] = torch.from_numpy(numpy_helper.to_array(tensor).copy())
+    model.load_state_dict(state)
+    return model
+
+
+def mean_job(served: ModelRuntime, x: Array) -> ModelJob[Pass]:
+    """A reconstruct of mode=mean as the route hands it to the executor (identity response)."""
+    return ModelJob(served, lambda: x, lambda mu, logvar: mu, lambda result: result)
+
+
+def model_path(model_dir: Path, repeats: int, calls: int) -> list[str]:
+    torch.set_num_threads(1)
+    served, twin = runtime(model_dir, 1), torch_twin(model_dir)
+    x = (np.random.default_rng(0).random((1, 784)) > 0.5).astype(np.float32)
+    xt = torch.from_numpy(x)
+    x16 = (np.random.default_rng(1).random((16, 784)) > 0.5).astype(np.float32)
+    batch16 = [mean_job(served, x16[i : i + 1]) for i in range(16)]
+
+    def torch_eager() -> torch.Tensor:
+        with torch.inference_mode():
+            mu, _ = twin.encode(xt)
+            return torch.sigmoid(twin.decode(mu))
+
+    def graphs_only() -> Array:
+        return served.decode(served.encode(x)[0])
+
+    probs = run_one(mean_job(served, x)).probs
+    assert probs is not None
+    gap = float(np.abs(torch_eager().numpy() - probs).max())
+    torch_name = "torch eager: encode + decode + sigmoid"
+    batched = "service: per image, 16 jobs batched (run_jobs)"
+    times = alternate(
+        {
+            torch_name: torch_eager,
+            "service: one reconstruct job (run_one)": lambda: run_one(mean_job(served, x)),
+            "service: encoder + decoder runs only": graphs_only,
+            batched: lambda: run_jobs(batch16),
+        },
+        repeats,
+        calls,
+    )
+    times[batched] /= 16
+    base = times[torch_name]
+    lines = [
+        f"max |torch - onnxruntime| over the 784 probabilities: {gap:.1e}",
+        "| call (1 thread) | us per image (median) | speed-up over torch eager |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {name} | {t:.1f} | {base / t:.2f}x |" for name, t in times.items()]
+    return lines
+
+
+def ort_threads(model_dir: Path, repeats: int, calls: int) -> list[str]:
+    one, two = runtime(model_dir, 1), runtime(model_dir, 2)
+    lines = [
+        "| batch | 1 thread us/image | 2 threads us/image | 2 threads vs 1 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for batch in (1, 16, 64, 256):
+        x = (np.random.default_rng(batch).random((batch, 784)) > 0.5).astype(np.float32)
+        n = max(calls // batch, 20)
+        times = alternate(
+            {"1": partial(one.reconstruct, x, "mean"), "2": partial(two.reconstruct, x, "mean")},
+            repeats,
+            n,
+        )
+        t1, t2 = times["1"] / batch, times["2"] / batch
+        lines.append(f"| {batch} | {t1:.2f} | {t2:.2f} | {t1 / t2:.2f}x |")
+    return lines
+
+
+def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
+    data = digit_png()
+    mnist = preprocess.ImageOptions("mnist", True, 0.5, (28, 28))
+    none = preprocess.ImageOptions("none", True, 0.5, (28, 28))
+    opened = preprocess.open_image(data, "body", 2**24)
+    gray = preprocess.decode_gray(opened)
+    pixels = np.asarray(Image.open(io.BytesIO(data)))
+
+    def pil_png(level: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)
+        return buffer.getvalue()
+
+    def decode() -> object:
+        return preprocess.decode_gray(preprocess.open_image(data, "body", 2**24))
+
+    times = alternate(
+        {
+            "PNG decode 28x28 (open, check, decode to gray)": decode,
+            "preprocess=mnist on the decoded digit": lambda: preprocess.mnist_like(
+                gray, (28, 28), "body"
+            ),
+            "decode + preprocess=mnist + binarize": lambda: preprocess.model_input(
+                preprocess.open_image(data, "body", 2**24), mnist
+            ),
+            "decode + preprocess=none + binarize": lambda: preprocess.model_input(
+                preprocess.open_image(data, "body", 2**24), none
+            ),
+            "PNG encode 28x28, service encoder (zlib level 1)": lambda: imaging.encode_png(pixels),
+            "PNG encode 28x28, PIL level 1": lambda: pil_png(1),
+            "PNG encode 28x28, PIL level 6": lambda: pil_png(6),
+        },
+        repeats,
+        calls,
+    )
+    lines = ["| stage (one 28x28 image) | us (median) |", "| --- | --- |"]
+    lines += [f"| {name} | {t:.1f} |" for name, t in times.items()]
+    return lines
+
+
+def jobs(model_dir: Path, repeats: int, calls: int) -> list[str]:
+    """Each endpoint's whole job as the service runs it for one request, without HTTP: the
+    floor under that endpoint's cost (add the trivial endpoint's HTTP cost to it)."""
+    served = runtime(model_dir, 1)
+    data = digit_png()
+    options = preprocess.ImageOptions("mnist", True, 0.5, (28, 28))
+    shape = served.manifest.image_shape
+
+    def inputs() -> Array:
+        return preprocess.model_input(preprocess.open_image(data, "body", 2**24), options)[None]
+
+    def reconstruct() -> object:
+        def respond(result: Pass) -> object:
+            assert result.probs is not None
+            return png_response(result.probs, shape, 1)
+
+        return run_one(ModelJob(served, inputs, lambda mu, logvar: mu, respond))
+
+    def encode() -> object:
+        def respond(result: Pass) -> object:
+            return json_response(
+                EncodeResponse(
+                    model_version=1,
+                    latent_dim=served.manifest.latent_dim,
+                    mu=result.mu.tolist(),
+                    logvar=result.logvar.tolist(),
+                    z=None,
+                    seed=None,
+                )
+            )
+
+        return run_one(ModelJob(served, inputs, None, respond))
+
+    def sample() -> object:
+        _, probs = served.sample(64, 1.0, np.random.default_rng(0))
+        return png_response(probs, shape, 1)
+
+    times = alternate(
+        {
+            "reconstruct: open + decode + preprocess=mnist + model + PNG": reconstruct,
+            "encode: open + decode + preprocess=mnist + encoder + JSON": encode,
+            "sample n=64: prior draws + decoder at batch 64 + PNG grid": sample,
+        },
+        repeats,
+        max(calls // 4, 50),
+    )
+    lines = ["| job (one request, no HTTP) | us (median) |", "| --- | --- |"]
+    lines += [f"| {name} | {t:.0f} |" for name, t in times.items()]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--model-dir", type=Path, help="a version directory (default: embedded)")
+    args = parser.parse_args()
+    model_dir = args.model_dir or max(
+        (p for p in EMBEDDED.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    training = json.loads((model_dir / "manifest.json").read_text())["training"]
+    print(f"machine: {machine()}")
+    print(f"model: {model_dir} (preset {training['preset']})")
+    for title, section in (
+        ("Model path at batch 1", model_path),
+        ("ORT intra-op threads (reconstruct, per image)", ort_threads),
+        ("Codec stages", codec),
+        ("Whole jobs (the floors under the endpoints)", jobs),
+    ):
+        print(f"\n{title}\n")
+        print("\n".join(section(model_dir, args.repeats, args.calls)))
+
+
+if __name__ == "__main__":
+    main()
