@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 MNIST_DIR ?= ../shared/data/mnist
 DEFAULT_PRESET ?= compact
 
-.PHONY: serve test lint typecheck pytest bench default-model seed-model clean
+.PHONY: serve test lint typecheck pytest bench bench-quick default-model seed-model clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -37,9 +37,13 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-## bench: the benchmark scripts (figures go to docs/benchmarks.md by hand)
+## bench: every benchmark (training, model path, HTTP, threading model, GC, start-up/memory); needs wrk
 bench: $(VENV)/.installed
-	$(VENV)/bin/python bench/train_speed.py
+	$(VENV)/bin/python bench/run_all.py
+
+## bench-quick: a ~2-minute smoke run of the same scripts (figures not for the record)
+bench-quick: $(VENV)/.installed
+	$(VENV)/bin/python bench/run_all.py --quick
 
 ## default-model: retrain the chosen preset on the real MNIST and publish it as the embedded model,
 ## version 0 (so the first version training publishes, 1, is told apart in X-Model-Version)

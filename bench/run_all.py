@@ -2,8 +2,8 @@
 
     python bench/run_all.py [--quick] [--skip train_speed ...]
 
-Serving benchmarks need wrk (Debian: `apt-get install wrk`) and taskset (util-linux); the
-training one reads ../shared/data/mnist when present. The full run takes about 40 minutes on
+Serving benchmarks need wrk (Debian: `apt-get install wrk`; taskset too, for `--pin`); the
+training one reads ../shared/data/mnist when present. The full run takes about 25 minutes on
 2 cores; `--quick` cuts rounds and durations to a few minutes for a smoke check (its figures
 are too noisy to record). Record figures in docs/benchmarks.md by hand.
 """
@@ -23,6 +23,7 @@ FULL: dict[str, list[str]] = {
     "model_speed": [],
     "http_speed": [],
     "threading_model": [],
+    "gc_effect": [],
     "startup_memory": [],
 }
 QUICK: dict[str, list[str]] = {
@@ -30,6 +31,7 @@ QUICK: dict[str, list[str]] = {
     "model_speed": ["--repeats", "3", "--calls", "200"],
     "http_speed": ["--rounds", "1", "--duration", "1", "--connections", "16"],
     "threading_model": ["--rounds", "1", "--duration", "1", "--variants", "inline", "batcher:32:0"],
+    "gc_effect": ["--rounds", "1", "--duration", "1"],
     "startup_memory": ["--starts", "2", "--requests", "5000"],
 }
 
