@@ -97,21 +97,12 @@ class ApiProblem(HTTPException):
 
 def invalid(field: str, message: str, *, code: str = "invalid") -> ApiProblem:
     """A 422 naming one field and what it should have been."""
-    item = ProblemItem(field=field, message=message, type=code)
-    return ApiProblem(
-        422,
-        "invalid-input",
-        f"{field}: {message}",
-        title="Invalid input",
-        field=field,
-        errors=[item],
-    )
+    return invalid_items([ProblemItem(field=field, message=message, type=code)])
 
 
-def from_validation_error(exc: RequestValidationError) -> ApiProblem:
-    """FastAPI's 422 as problem+json: every error with a dotted field path."""
-    items = [_item(error) for error in exc.errors()]
-    first = items[0] if items else ProblemItem(field="request", message="invalid", type="invalid")
+def invalid_items(items: list[ProblemItem]) -> ApiProblem:
+    """A 422 listing every problem found; the first one is the headline."""
+    first = items[0]
     return ApiProblem(
         422,
         "invalid-input",
@@ -120,6 +111,12 @@ def from_validation_error(exc: RequestValidationError) -> ApiProblem:
         field=first.field,
         errors=items,
     )
+
+
+def from_validation_error(exc: RequestValidationError) -> ApiProblem:
+    """FastAPI's 422 as problem+json: every error with a dotted field path."""
+    items = [_item(error) for error in exc.errors()]
+    return invalid_items(items or [ProblemItem(field="request", message="invalid", type="invalid")])
 
 
 def field_path(loc: Sequence[int | str]) -> str:

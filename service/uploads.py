@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from service.multipart import parse_multipart
 from service.preprocess import OpenedImage, open_image
-from service.problems import ApiProblem, ProblemItem, field_path, invalid
+from service.problems import ApiProblem, ProblemItem, field_path, invalid, invalid_items
 
 M = TypeVar("M", bound=BaseModel)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
@@ -101,15 +101,7 @@ async def read_json(request: Request, model: type[M]) -> M:
             ProblemItem(field=field_path(("body", *e["loc"])), message=e["msg"], type=e["type"])
             for e in exc.errors(include_url=False)
         ]
-        first = items[0]
-        raise ApiProblem(
-            422,
-            "invalid-input",
-            f"{first.field}: {first.message}",
-            title="Invalid input",
-            field=first.field,
-            errors=items,
-        ) from exc
+        raise invalid_items(items) from exc
 
 
 def unsupported(media: str, accepted: tuple[str, ...]) -> ApiProblem:
