@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Generic
 
 import numpy as np
 from fastapi import Depends, Request
@@ -12,6 +13,7 @@ from fastapi import Depends, Request
 from service.metrics import Metrics
 from service.offload import Executor
 from service.problems import ApiProblem
+from service.query import Q, read_query
 from service.responses import OutputFormat, negotiate
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -31,10 +33,22 @@ class Services:
     executor: Executor
 
 
+@dataclass(frozen=True)
+class ModelCall(Generic[Q]):
+    """What a model route needs, solved as one dependency: the services, the served model,
+    the response format from Accept, and the route's query parameters."""
+
+    services: Services
+    runtime: ModelRuntime
+    output: OutputFormat
+    query: Q
+
+
 # The dependencies are `async def` although none awaits, and none depends on another: FastAPI
-# runs a plain `def` dependency in the threadpool, and solves each dependency's own
-# parameters on every request; those hops and solves cost more than the model itself
-# (docs/benchmarks.md).
+# runs a plain `def` dependency in the threadpool, and solves each dependency and each
+# declared parameter separately on every request (~10 us apiece here); those hops and solves
+# cost more than the model itself (docs/benchmarks.md). So a model route takes one
+# `model_call` dependency that reads everything it needs, its query included.
 
 
 def services_of(request: Request) -> Services:
@@ -53,10 +67,6 @@ async def get_services(request: Request) -> Services:
     return services_of(request)
 
 
-async def get_settings(request: Request) -> Settings:
-    return services_of(request).settings
-
-
 async def get_snapshot(request: Request) -> Snapshot:
     return snapshot_of(request)
 
@@ -69,9 +79,19 @@ async def get_runtime(request: Request) -> ModelRuntime:
     return snapshot.runtime
 
 
-async def get_output_format(request: Request) -> OutputFormat:
-    """PNG or JSON from the Accept header (read here, not declared: it is no API parameter)."""
-    return negotiate(request.headers.get("accept"))
+def model_call(query: type[Q]) -> Callable[[Request], Awaitable[ModelCall[Q]]]:
+    """The dependency of a model route whose query parameters are `query`.
+
+    With no model to serve it answers 503 before looking at the query (then 422 if invalid).
+    The Accept header is read here, not declared: it is no API parameter.
+    """
+
+    async def solve(request: Request) -> ModelCall[Q]:
+        runtime = await get_runtime(request)
+        output = negotiate(request.headers.get("accept"))
+        return ModelCall(services_of(request), runtime, output, read_query(request, query))
+
+    return solve
 
 
 def new_seed(seed: int | None) -> int:
@@ -85,7 +105,4 @@ def rng_for(seed: int) -> np.random.Generator:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 SnapshotDep = Annotated[Snapshot, Depends(get_snapshot)]
-RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
-FormatDep = Annotated[OutputFormat, Depends(get_output_format)]

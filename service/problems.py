@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -115,7 +115,12 @@ def invalid_items(items: list[ProblemItem]) -> ApiProblem:
 
 def from_validation_error(exc: RequestValidationError) -> ApiProblem:
     """FastAPI's 422 as problem+json: every error with a dotted field path."""
-    items = [_item(error) for error in exc.errors()]
+    return from_errors(exc.errors())
+
+
+def from_errors(errors: Iterable[Mapping[str, Any]], where: tuple[str, ...] = ()) -> ApiProblem:
+    """pydantic's errors as one 422; `where` prefixes each location (("query",), ("body",))."""
+    items = [_item(error, where) for error in errors]
     return invalid_items(items or [ProblemItem(field="request", message="invalid", type="invalid")])
 
 
@@ -127,13 +132,15 @@ def field_path(loc: Sequence[int | str]) -> str:
     return path or "request"
 
 
-def _item(error: Mapping[str, Any]) -> ProblemItem:
+def _item(error: Mapping[str, Any], where: tuple[str, ...]) -> ProblemItem:
     message = str(error.get("msg", "invalid"))
     value = error.get("input")
     if isinstance(value, str | int | float) and len(str(value)) <= 40:
         message += f" (got {json.dumps(value)})"
     return ProblemItem(
-        field=field_path(error.get("loc", ())), message=message, type=str(error.get("type"))
+        field=field_path((*where, *error.get("loc", ()))),
+        message=message,
+        type=str(error.get("type")),
     )
 
 

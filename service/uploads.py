@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from service.multipart import parse_multipart
 from service.preprocess import OpenedImage, open_image
-from service.problems import ApiProblem, ProblemItem, field_path, invalid, invalid_items
+from service.problems import ApiProblem, from_errors, invalid
 
 M = TypeVar("M", bound=BaseModel)
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
@@ -97,11 +97,7 @@ async def read_json(request: Request, model: type[M]) -> M:
             return model.model_validate_json(body)
         return await anyio.to_thread.run_sync(model.model_validate_json, body)
     except ValidationError as exc:
-        items = [
-            ProblemItem(field=field_path(("body", *e["loc"])), message=e["msg"], type=e["type"])
-            for e in exc.errors(include_url=False)
-        ]
-        raise invalid_items(items) from exc
+        raise from_errors(exc.errors(include_url=False), ("body",)) from exc
 
 
 def unsupported(media: str, accepted: tuple[str, ...]) -> ApiProblem:

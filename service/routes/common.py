@@ -3,31 +3,32 @@
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Query
+from pydantic import Field
 
 from service.deps import MAX_SEED
 from service.imaging import MAX_OUTPUT_SIDE, MAX_SCALE
 from service.latent import Array
 from service.preprocess import ImageOptions, OpenedImage, Preprocess, model_input
 from service.problems import invalid
+from service.query import QueryModel
 from service.runtime import ModelRuntime
 from service.uploads import FILES_FIELD, IMAGE_TYPES, MULTIPART
 
-PreprocessQuery = Annotated[
+PreprocessField = Annotated[
     Preprocess,
-    Query(
+    Field(
         description="`mnist`: grayscale, invert a light background, crop to the ink, fit in "
         "20x20 keeping the aspect ratio, centre by centre of mass in 28x28. `none`: the image "
         "must already be 28x28, white ink on black, as MNIST."
     ),
 ]
-BinarizeQuery = Annotated[
+BinarizeField = Annotated[
     bool,
-    Query(description="Threshold pixels at the manifest's binarize_threshold, as in training."),
+    Field(description="Threshold pixels at the manifest's binarize_threshold, as in training."),
 ]
-SeedQuery = Annotated[
+SeedField = Annotated[
     int | None,
-    Query(
+    Field(
         ge=0,
         le=MAX_SEED,
         description="Seeds the request's own RNG: the same seed gives the "
@@ -35,15 +36,22 @@ SeedQuery = Annotated[
         examples=[7],
     ),
 ]
-ScaleQuery = Annotated[
+ScaleField = Annotated[
     int,
-    Query(
+    Field(
         ge=1,
         le=MAX_SCALE,
         description="Integer upscaling of the PNG (nearest pixel), capped so that the PNG "
         f"stays within {MAX_OUTPUT_SIDE} pixels a side.",
     ),
 ]
+
+
+class ImageQuery(QueryModel):
+    """How an uploaded image becomes the model's input."""
+
+    preprocess: PreprocessField = "mnist"
+    binarize: BinarizeField = True
 
 
 def image_options(runtime: ModelRuntime, preprocess: Preprocess, binarize: bool) -> ImageOptions:

@@ -5,19 +5,20 @@ No `from __future__ import annotations` here: the parameter types close over `se
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
 from starlette.responses import Response
 
-from service.deps import FormatDep, RuntimeDep, ServicesDep, new_seed, rng_for
+from service.deps import ModelCall, model_call, new_seed, rng_for
 from service.latent import Array, reparameterize
 from service.offload import Cost, ModelJob, Pass
 from service.problems import problem_responses
+from service.query import openapi_parameters
 from service.responses import image_response_doc, json_response, png_response
 from service.routes.common import (
-    BinarizeQuery,
-    PreprocessQuery,
-    ScaleQuery,
-    SeedQuery,
+    ImageQuery,
+    ScaleField,
+    SeedField,
     image_body_doc,
     image_options,
     stack_inputs,
@@ -46,6 +47,14 @@ def router(settings: Settings) -> APIRouter:
 
 
 def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
+    class ReconstructQuery(ImageQuery):
+        mode: Annotated[
+            ReconstructMode,
+            Field(description="`mean` decodes mu; `sample` decodes z = mu + exp(logvar/2) * eps."),
+        ] = "mean"
+        seed: SeedField = None
+        scale: ScaleField = 1
+
     body_doc = image_body_doc(settings.max_batch)
 
     @api.post(
@@ -57,30 +66,22 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
             ),
             **ERRORS,
         },
-        openapi_extra=body_doc,
+        openapi_extra={**body_doc, "parameters": openapi_parameters(ReconstructQuery)},
     )
     async def reconstruct(
         request: Request,
-        services: ServicesDep,
-        runtime: RuntimeDep,
-        output: FormatDep,
-        preprocess: PreprocessQuery = "mnist",
-        binarize: BinarizeQuery = True,
-        mode: Annotated[
-            ReconstructMode,
-            Query(description="`mean` decodes mu; `sample` decodes z = mu + exp(logvar/2) * eps."),
-        ] = "mean",
-        seed: SeedQuery = None,
-        scale: ScaleQuery = 1,
+        call: Annotated[ModelCall[ReconstructQuery], Depends(model_call(ReconstructQuery))],
     ) -> Response:
         """Reconstruct one image (the raw body) or a batch (multipart field `files`).
 
         JSON carries, per image, the preprocessed `inputs` the model saw, the `z` decoded and
         the reconstruction `probs`, each row-major over `image_shape`.
         """
+        services, runtime, output, query = call.services, call.runtime, call.output, call.query
+        mode, scale = query.mode, query.scale
         upload = await read_upload(request, settings.max_image_pixels)
-        options = image_options(runtime, preprocess, binarize)
-        used_seed = new_seed(seed) if mode == "sample" else None
+        options = image_options(runtime, query.preprocess, query.binarize)
+        used_seed = new_seed(query.seed) if mode == "sample" else None
 
         def inputs() -> Array:
             return stack_inputs(
@@ -111,6 +112,10 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
 
 
 def _add_encode(api: APIRouter, settings: Settings) -> None:
+    class EncodeQuery(ImageQuery):
+        sample: Annotated[bool, Field(description="Also draw z from q(z|x).")] = False
+        seed: SeedField = None
+
     body_doc = image_body_doc(settings.max_batch)
 
     @api.post(
@@ -119,21 +124,17 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
             200: {"model": EncodeResponse, "description": "mu and logvar per image."},
             **ERRORS,
         },
-        openapi_extra=body_doc,
+        openapi_extra={**body_doc, "parameters": openapi_parameters(EncodeQuery)},
     )
     async def encode(
         request: Request,
-        services: ServicesDep,
-        runtime: RuntimeDep,
-        preprocess: PreprocessQuery = "mnist",
-        binarize: BinarizeQuery = True,
-        sample: Annotated[bool, Query(description="Also draw z from q(z|x).")] = False,
-        seed: SeedQuery = None,
+        call: Annotated[ModelCall[EncodeQuery], Depends(model_call(EncodeQuery))],
     ) -> Response:
         """Encode one image or a batch to the posterior's mu and logvar (and z if asked)."""
+        services, runtime, query = call.services, call.runtime, call.query
         upload = await read_upload(request, settings.max_image_pixels)
-        options = image_options(runtime, preprocess, binarize)
-        used_seed = new_seed(seed) if sample else None
+        options = image_options(runtime, query.preprocess, query.binarize)
+        used_seed = new_seed(query.seed) if query.sample else None
 
         def inputs() -> Array:
             return stack_inputs(
@@ -160,6 +161,12 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
 
 
 def _add_score(api: APIRouter, settings: Settings) -> None:
+    class ScoreQuery(ImageQuery):
+        k: Annotated[
+            int, Field(ge=1, le=settings.max_score_k, description="Importance samples per image.")
+        ] = min(DEFAULT_SCORE_K, settings.max_score_k)
+        seed: SeedField = None
+
     body_doc = image_body_doc(settings.max_batch)
 
     @api.post(
@@ -168,26 +175,20 @@ def _add_score(api: APIRouter, settings: Settings) -> None:
             200: {"model": ScoreResponse, "description": "Scores per image, in nats."},
             **ERRORS,
         },
-        openapi_extra=body_doc,
+        openapi_extra={**body_doc, "parameters": openapi_parameters(ScoreQuery)},
     )
     async def score(
         request: Request,
-        services: ServicesDep,
-        runtime: RuntimeDep,
-        preprocess: PreprocessQuery = "mnist",
-        binarize: BinarizeQuery = True,
-        k: Annotated[
-            int, Query(ge=1, le=settings.max_score_k, description="Importance samples per image.")
-        ] = min(DEFAULT_SCORE_K, settings.max_score_k),
-        seed: SeedQuery = None,
+        call: Annotated[ModelCall[ScoreQuery], Depends(model_call(ScoreQuery))],
     ) -> Response:
         """Anomaly score per image: the k-sample IWAE estimate of -log p(x), and -ELBO.
 
         Higher means less like the training data. Figures are nats per image.
         """
+        services, runtime, query, k = call.services, call.runtime, call.query, call.query.k
         upload = await read_upload(request, settings.max_image_pixels)
-        options = image_options(runtime, preprocess, binarize)
-        used_seed = new_seed(seed)
+        options = image_options(runtime, query.preprocess, query.binarize)
+        used_seed = new_seed(query.seed)
 
         def job() -> Response:
             x = stack_inputs(upload.images(settings.max_batch, settings.max_image_pixels), options)

@@ -5,20 +5,21 @@ No `from __future__ import annotations` here: the parameter types close over `se
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
 from starlette.responses import Response
 
-from service.deps import FormatDep, RuntimeDep, ServicesDep, new_seed, rng_for
+from service.deps import ModelCall, model_call, new_seed, rng_for
 from service.latent import InterpolationMethod, interpolate
 from service.offload import Cost
 from service.preprocess import OpenedImage
 from service.problems import invalid, problem_responses
+from service.query import QueryModel, openapi_parameters
 from service.responses import image_response_doc, json_response, png_response
 from service.routes.common import (
-    BinarizeQuery,
-    PreprocessQuery,
-    ScaleQuery,
-    SeedQuery,
+    ImageQuery,
+    ScaleField,
+    SeedField,
     image_body_doc,
     image_options,
     latent_rows,
@@ -49,6 +50,10 @@ def router(settings: Settings) -> APIRouter:
     return api
 
 
+class DecodeQuery(QueryModel):
+    scale: ScaleField = 1
+
+
 def _add_decode(api: APIRouter, settings: Settings) -> None:
     @api.post(
         "/decode",
@@ -59,16 +64,17 @@ def _add_decode(api: APIRouter, settings: Settings) -> None:
             ),
             **problem_responses(413, 415, 422, 503),
         },
-        openapi_extra=_decode_body_doc(settings.max_batch),
+        openapi_extra={
+            **_decode_body_doc(settings.max_batch),
+            "parameters": openapi_parameters(DecodeQuery),
+        },
     )
     async def decode(
         request: Request,
-        services: ServicesDep,
-        runtime: RuntimeDep,
-        output: FormatDep,
-        scale: ScaleQuery = 1,
+        call: Annotated[ModelCall[DecodeQuery], Depends(model_call(DecodeQuery))],
     ) -> Response:
         """Decode 1..max_batch latent vectors of the served model's latent_dim."""
+        runtime, output, scale = call.runtime, call.output, call.query.scale
         body = await read_json(request, DecodeRequest)
         if len(body.z) > settings.max_batch:
             raise invalid(
@@ -89,10 +95,27 @@ def _add_decode(api: APIRouter, settings: Settings) -> None:
                 )
             return png_response(probs, shape, scale)
 
-        return await services.executor.run("decode", Cost(0, len(z)), job)
+        return await call.services.executor.run("decode", Cost(0, len(z)), job)
 
 
 def _add_sample(api: APIRouter, settings: Settings) -> None:
+    class SampleQuery(QueryModel):
+        n: Annotated[
+            int,
+            Field(ge=1, le=settings.max_sample_n, description="How many samples.", examples=[16]),
+        ] = min(DEFAULT_N, settings.max_sample_n)
+        seed: SeedField = None
+        temperature: Annotated[
+            float,
+            Field(
+                ge=0.0,
+                le=MAX_TEMPERATURE,
+                allow_inf_nan=False,
+                description="z ~ N(0, temperature^2 I).",
+            ),
+        ] = 1.0
+        scale: ScaleField = 1
+
     @api.get(
         "/sample",
         responses={
@@ -103,29 +126,15 @@ def _add_sample(api: APIRouter, settings: Settings) -> None:
             ),
             **problem_responses(422, 503),
         },
+        openapi_extra={"parameters": openapi_parameters(SampleQuery)},
     )
     async def sample(
-        services: ServicesDep,
-        runtime: RuntimeDep,
-        output: FormatDep,
-        n: Annotated[
-            int,
-            Query(ge=1, le=settings.max_sample_n, description="How many samples.", examples=[16]),
-        ] = min(DEFAULT_N, settings.max_sample_n),
-        seed: SeedQuery = None,
-        temperature: Annotated[
-            float,
-            Query(
-                ge=0.0,
-                le=MAX_TEMPERATURE,
-                allow_inf_nan=False,
-                description="z ~ N(0, temperature^2 I).",
-            ),
-        ] = 1.0,
-        scale: ScaleQuery = 1,
+        call: Annotated[ModelCall[SampleQuery], Depends(model_call(SampleQuery))],
     ) -> Response:
         """Decode n draws from the prior: a PNG grid, or JSON with z and probabilities."""
-        used_seed = new_seed(seed)
+        services, runtime, output, query = call.services, call.runtime, call.output, call.query
+        n, temperature, scale = query.n, query.temperature, query.scale
+        used_seed = new_seed(query.seed)
         shape = runtime.manifest.image_shape
 
         def job() -> Response:
@@ -147,6 +156,22 @@ def _add_sample(api: APIRouter, settings: Settings) -> None:
 
 
 def _add_interpolate(api: APIRouter, settings: Settings) -> None:
+    class InterpolateQuery(ImageQuery):
+        steps: Annotated[
+            int,
+            Field(
+                ge=2,
+                le=settings.max_interpolate_steps,
+                description="Points on the path, end points included.",
+            ),
+        ] = min(DEFAULT_STEPS, settings.max_interpolate_steps)
+        method: Annotated[
+            InterpolationMethod, Field(description="`linear`, or `slerp` along the great circle.")
+        ] = "linear"
+        scale: ScaleField = 1
+
+    body_doc = image_body_doc(2, min_files=2, raw=False, json_schema=_interpolate_schema())
+
     @api.post(
         "/interpolate",
         responses={
@@ -156,29 +181,15 @@ def _add_interpolate(api: APIRouter, settings: Settings) -> None:
             ),
             **ERRORS,
         },
-        openapi_extra=image_body_doc(2, min_files=2, raw=False, json_schema=_interpolate_schema()),
+        openapi_extra={**body_doc, "parameters": openapi_parameters(InterpolateQuery)},
     )
     async def interpolate_route(
         request: Request,
-        services: ServicesDep,
-        runtime: RuntimeDep,
-        output: FormatDep,
-        steps: Annotated[
-            int,
-            Query(
-                ge=2,
-                le=settings.max_interpolate_steps,
-                description="Points on the path, end points included.",
-            ),
-        ] = min(DEFAULT_STEPS, settings.max_interpolate_steps),
-        method: Annotated[
-            InterpolationMethod, Query(description="`linear`, or `slerp` along the great circle.")
-        ] = "linear",
-        preprocess: PreprocessQuery = "mnist",
-        binarize: BinarizeQuery = True,
-        scale: ScaleQuery = 1,
+        call: Annotated[ModelCall[InterpolateQuery], Depends(model_call(InterpolateQuery))],
     ) -> Response:
         """Interpolate between two images (multipart, their mu) or two z (JSON)."""
+        services, runtime, output, query = call.services, call.runtime, call.output, call.query
+        steps, method, scale = query.steps, query.method, query.scale
         media = media_type(request)
         if media not in (JSON, MULTIPART):
             raise unsupported(media, (MULTIPART, JSON))
@@ -187,7 +198,7 @@ def _add_interpolate(api: APIRouter, settings: Settings) -> None:
             ends_json = (await read_json(request, InterpolateRequest)).z
         else:
             upload = await read_upload(request, settings.max_image_pixels)
-        options = image_options(runtime, preprocess, binarize)
+        options = image_options(runtime, query.preprocess, query.binarize)
 
         def job() -> Response:
             if upload is None:

@@ -112,3 +112,14 @@ def test_scale_is_capped_for_large_grids(client: TestClient) -> None:
     response = client.get("/v1/sample", params={"n": 256, "seed": 0, "scale": 16})
     assert response.status_code == 200
     assert samples.decode_png(response.content).shape == (8 * 478, 8 * 478)  # 16x16 cells
+
+
+def test_query_repeated_parameter_counts_last_and_unknown_ones_are_ignored(
+    client: TestClient,
+) -> None:
+    body = client.get(
+        "/v1/sample?n=5&n=2&seed=3&binarise=yes&temperature=0.5", headers=JSON_ACCEPT
+    ).json()
+    assert len(body["z"]) == 2 and body["seed"] == 3 and body["temperature"] == 0.5
+    flags = [client.get(f"/v1/sample?n=1&seed=3&scale={s}").status_code for s in ("2", "02", "2.0")]
+    assert flags == [200, 200, 200]  # lax integers, as FastAPI reads them
