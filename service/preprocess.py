@@ -106,7 +106,9 @@ def decode_gray(opened: OpenedImage) -> Array:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / np.float32(255.0)
             gray = np.asarray(image.convert("RGBA").convert("L"), dtype=np.float32) / 255.0
             return _flatten_alpha(gray.astype(np.float32), rgba[..., 3])
-        return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
+        if image.mode != "L":  # converting an "L" image would only copy it
+            image = image.convert("L")
+        return np.asarray(image, dtype=np.float32) / np.float32(255.0)
     except Exception as exc:  # truncated data, bad CRC, decoder errors of every kind
         raise _corrupt(opened.field, exc) from exc
 
@@ -115,19 +117,25 @@ def mnist_like(gray: Array, shape: tuple[int, int], field: str) -> Array:
     """Grayscale -> MNIST-like [H, W]: invert a light background, crop to the ink, fit the
     ink in 20x20 keeping its aspect ratio, and centre it by its centre of mass."""
     ink = _ink(gray, field)
-    rows = np.flatnonzero(ink.max(axis=1) > INK_LEVEL)
-    cols = np.flatnonzero(ink.max(axis=0) > INK_LEVEL)
+    marked = ink > INK_LEVEL
+    rows = np.flatnonzero(marked.any(axis=1))
+    cols = np.flatnonzero(marked.any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     fitted = _fit(crop, round(min(shape) * FIT_FRACTION))
-    if float(fitted.sum()) <= 0.0:  # ink too sparse to survive the reduction
+    row_mass = fitted.sum(axis=1)
+    if float(row_mass.sum()) <= 0.0:  # ink too sparse to survive the reduction
         raise invalid(field, "no ink found (the image is blank); send a digit", code="blank_image")
-    return _centre_by_mass(fitted, shape)
+    return _centre_by_mass(fitted, row_mass, shape)
 
 
 def _ink(gray: Array, field: str) -> Array:
     """Ink as 1 and background as 0, contrast-stretched; a light border means a light page."""
-    ink = 1.0 - gray if _border_level(gray) > 0.5 else gray
-    background, peak = _border_level(ink), float(ink.max())
+    level = _border_level(gray)
+    if level > 0.5:  # the border's median of 1 - gray is 1 - the median of gray
+        ink, background = 1.0 - gray, 1.0 - level
+    else:
+        ink, background = gray, level
+    peak = float(ink.max())
     if peak - background < MIN_CONTRAST:
         raise invalid(field, "no ink found (the image is blank); send a digit", code="blank_image")
     if background == 0.0 and peak == 1.0:  # full contrast already (MNIST itself): no stretch
@@ -152,19 +160,20 @@ def _fit(crop: Array, box: int) -> Array:
     h, w = crop.shape
     scale = box / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size == (w, h):  # already fitted (every MNIST digit): PIL would return a copy
-        return np.clip(crop, 0.0, 1.0)
+    if size == (w, h):  # already fitted (every MNIST digit; `crop` is in [0, 1])
+        return crop
     resized = Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def _centre_by_mass(ink: Array, shape: tuple[int, int]) -> Array:
-    """Place `ink` in a zero canvas of `shape` with its centre of mass at the centre."""
+def _centre_by_mass(ink: Array, row_mass: Array, shape: tuple[int, int]) -> Array:
+    """Place `ink` (whose row sums are `row_mass`, not all zero) in a zero canvas of `shape`
+    with its centre of mass at the centre."""
     canvas = np.zeros(shape, dtype=np.float32)
     h, w = ink.shape
-    total = float(ink.sum())
-    cy = float((ink.sum(axis=1) * np.arange(h)).sum()) / total
-    cx = float((ink.sum(axis=0) * np.arange(w)).sum()) / total
+    total = float(row_mass.sum())
+    cy = float(row_mass @ np.arange(h)) / total
+    cx = float(ink.sum(axis=0) @ np.arange(w)) / total
     top = min(max(round((shape[0] - 1) / 2 - cy), 0), shape[0] - h)
     left = min(max(round((shape[1] - 1) / 2 - cx), 0), shape[1] - w)
     canvas[top : top + h, left : left + w] = ink

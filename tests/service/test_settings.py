@@ -92,3 +92,15 @@ def test_grid_layout_and_scale_limit() -> None:
     assert png[0, 0] == 0 and png[-1, -1] == imaging.GAP_LEVEL  # two empty cells at the end
     assert imaging.largest_scale(256, 16, (28, 28)) == 4096 // (16 * 28 + 15 * 2)
     assert imaging.largest_scale(1, 1, (28, 28)) == imaging.MAX_SCALE
+
+
+@pytest.mark.parametrize("side", [28, 200])  # stored (one packet) and zlib-compressed
+def test_png_round_trips_through_pil_exactly(side: int) -> None:
+    rng = np.random.default_rng(side)
+    pixels = rng.integers(0, 256, (side, side + 3), dtype=np.uint8)
+    assert np.array_equal(samples.decode_png(imaging.encode_png(pixels)), pixels)
+    blank = np.zeros_like(pixels)  # stored below one packet's size, compressed above it
+    raw_size = side * (side + 4)  # a filter byte per row
+    assert (len(imaging.encode_png(blank)) > raw_size) == (side == 28)
+    single = imaging.render(pixels.reshape(1, -1) / 255.0, pixels.shape, 1, 1)
+    assert np.array_equal(samples.decode_png(single), pixels)
