@@ -7,12 +7,14 @@ Everything is measured in one process, alternating between the contenders repeat
 wall time of `--calls` calls.
 
 1. Model path at batch 1: the service's model call for one 784-vector (a reconstruct job
-   of mode=mean run by service.offload.run_one, as the route hands it over: encoder run,
-   decoder run), the two graph runs alone, and the per-image cost of 16 such jobs batched,
-   against torch eager (training.model.VAE of the served model's config with its weights,
-   read from the ONNX initializers; encode -> mu -> decode -> sigmoid under
-   inference_mode). The embedded default model, or the version directory `--model-dir`;
-   one thread each.
+   of mode=mean run by service.offload.run_one, as the route hands it over), the graph runs
+   alone, and the per-image cost of 16 such jobs batched, against torch eager
+   (training.model.VAE of the served model's config with its weights, read from the ONNX
+   initializers; encode -> mu -> decode -> sigmoid under inference_mode). Each service row
+   twice when the version has the fused reconstruct graph: through it (one run), and through
+   the encoder and decoder (two runs; the same runtime without its fused session, which is
+   what a version without the graph serves). The embedded default model, or the version
+   directory `--model-dir`; one thread each.
 2. ORT intra-op threads 1 vs 2 per batch size (per-image cost of a reconstruct).
 3. Codec stages of a 28x28 request: PNG decode, MNIST preprocessing, PNG encode (the
    service's encoder and PIL's).
@@ -23,6 +25,7 @@ wall time of `--calls` calls.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import statistics
@@ -41,7 +44,7 @@ from PIL import Image
 from service import imaging, preprocess
 from service.latent import Array
 from service.manifest import read_manifest
-from service.offload import ModelJob, Pass, run_jobs, run_one
+from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
 from service.responses import json_response, png_response
 from service.runtime import ModelRuntime
 from service.schemas import EncodeResponse
@@ -95,44 +98,60 @@ def torch_twin(model_dir: Path) -> VAE:
 
 def mean_job(served: ModelRuntime, x: Array) -> ModelJob[Pass]:
     """A reconstruct of mode=mean as the route hands it to the executor (identity response)."""
-    return ModelJob(served, lambda: x, lambda mu, logvar: mu, lambda result: result)
+    return ModelJob(served, lambda: x, mean_latent, lambda result: result)
 
 
 def model_path(model_dir: Path, repeats: int, calls: int) -> list[str]:
     torch.set_num_threads(1)
     served, twin = runtime(model_dir, 1), torch_twin(model_dir)
+    # The same runtime without its fused session: what a version without the graph serves.
+    two_graphs = dataclasses.replace(served, fused=None)
     x = (np.random.default_rng(0).random((1, 784)) > 0.5).astype(np.float32)
     xt = torch.from_numpy(x)
     x16 = (np.random.default_rng(1).random((16, 784)) > 0.5).astype(np.float32)
-    batch16 = [mean_job(served, x16[i : i + 1]) for i in range(16)]
+    two16 = [mean_job(two_graphs, x16[i : i + 1]) for i in range(16)]
+    fused16 = [mean_job(served, x16[i : i + 1]) for i in range(16)]
 
     def torch_eager() -> torch.Tensor:
         with torch.inference_mode():
             mu, _ = twin.encode(xt)
             return torch.sigmoid(twin.decode(mu))
 
-    def graphs_only() -> Array:
-        return served.decode(served.encode(x)[0])
-
-    probs = run_one(mean_job(served, x)).probs
-    assert probs is not None
-    gap = float(np.abs(torch_eager().numpy() - probs).max())
     torch_name = "torch eager: encode + decode + sigmoid"
-    batched = "service: per image, 16 jobs batched (run_jobs)"
-    times = alternate(
-        {
-            torch_name: torch_eager,
-            "service: one reconstruct job (run_one)": lambda: run_one(mean_job(served, x)),
-            "service: encoder + decoder runs only": graphs_only,
-            batched: lambda: run_jobs(batch16),
-        },
-        repeats,
-        calls,
-    )
-    times[batched] /= 16
+    contenders: dict[str, Callable[[], object]] = {
+        torch_name: torch_eager,
+        "service, two graphs: one reconstruct job (run_one)": lambda: run_one(
+            mean_job(two_graphs, x)
+        ),
+        "service, two graphs: encoder + decoder runs only": lambda: served.decode(
+            served.encode(x)[0]
+        ),
+        "service, two graphs: per image, 16 jobs batched (run_jobs)": lambda: run_jobs(two16),
+    }
+    paths = {"two graphs": two_graphs}
+    if served.fused is not None:
+        paths["fused graph"] = served
+        contenders |= {
+            "service, fused graph: one reconstruct job (run_one)": lambda: run_one(
+                mean_job(served, x)
+            ),
+            "service, fused graph: the fused run only": lambda: served.reconstruct_mean(x),
+            "service, fused graph: per image, 16 jobs batched (run_jobs)": lambda: run_jobs(
+                fused16
+            ),
+        }
+    gaps = []
+    for path, rt in paths.items():
+        probs = run_one(mean_job(rt, x)).probs
+        assert probs is not None
+        gaps.append(f"{path} {float(np.abs(torch_eager().numpy() - probs).max()):.1e}")
+    times = alternate(contenders, repeats, calls)
+    for name in times:
+        if "16 jobs batched" in name:
+            times[name] /= 16
     base = times[torch_name]
     lines = [
-        f"max |torch - onnxruntime| over the 784 probabilities: {gap:.1e}",
+        f"max |torch - onnxruntime| over the 784 probabilities: {', '.join(gaps)}",
         "| call (1 thread) | us per image (median) | speed-up over torch eager |",
         "| --- | --- | --- |",
     ]
@@ -215,7 +234,7 @@ def jobs(model_dir: Path, repeats: int, calls: int) -> list[str]:
             assert result.probs is not None
             return png_response(result.probs, shape, 1)
 
-        return run_one(ModelJob(served, inputs, lambda mu, logvar: mu, respond))
+        return run_one(ModelJob(served, inputs, mean_latent, respond))
 
     def encode() -> object:
         def respond(result: Pass) -> object:

@@ -38,11 +38,20 @@ class Manifest:
     binarize_threshold: float
     encoder: GraphSpec
     decoder: GraphSpec
+    reconstruct: GraphSpec | None  # optional: x -> mu, logvar, probs of decoding mu
     document: dict[str, Any]
 
     @property
     def pixels(self) -> int:
         return self.image_shape[0] * self.image_shape[1]
+
+    @property
+    def graphs(self) -> dict[str, GraphSpec]:
+        """The graphs this version has, by name: encoder, decoder, and reconstruct if any."""
+        present = {"encoder": self.encoder, "decoder": self.decoder}
+        if self.reconstruct is not None:
+            present["reconstruct"] = self.reconstruct
+        return present
 
 
 def read_manifest(version_dir: Path) -> Manifest:
@@ -70,7 +79,9 @@ def parse_manifest(document: dict[str, Any]) -> Manifest:
     image_shape = _image_shape(document.get("image_shape"))
     graphs = document.get("graphs")
     if not isinstance(graphs, dict):
-        raise ManifestError("graphs must be an object with 'encoder' and 'decoder'")
+        raise ManifestError(
+            "graphs must be an object with 'encoder', 'decoder' and optionally 'reconstruct'"
+        )
     manifest = Manifest(
         version=version,
         latent_dim=latent_dim,
@@ -78,6 +89,7 @@ def parse_manifest(document: dict[str, Any]) -> Manifest:
         binarize_threshold=_threshold(document.get("preprocessing")),
         encoder=_graph(graphs, "encoder"),
         decoder=_graph(graphs, "decoder"),
+        reconstruct=_graph(graphs, "reconstruct") if "reconstruct" in graphs else None,
         document=document,
     )
     _check_declared_shapes(manifest)
@@ -85,23 +97,25 @@ def parse_manifest(document: dict[str, Any]) -> Manifest:
 
 
 def expected_signatures(manifest: Manifest) -> dict[str, tuple[dict[str, Shape], dict[str, Shape]]]:
-    """The graph signatures the contract requires, from latent_dim and image_shape."""
-    pixels, latent = manifest.pixels, manifest.latent_dim
-    return {
-        "encoder": (
-            {"x": (BATCH_AXIS, pixels)},
-            {"mu": (BATCH_AXIS, latent), "logvar": (BATCH_AXIS, latent)},
-        ),
-        "decoder": (
-            {"z": (BATCH_AXIS, latent)},
-            {"logits": (BATCH_AXIS, pixels), "probs": (BATCH_AXIS, pixels)},
-        ),
+    """The signatures the contract requires of this version's graphs (the reconstruct graph's
+    only when it has one), from latent_dim and image_shape."""
+    pixels: Shape = (BATCH_AXIS, manifest.pixels)
+    latent: Shape = (BATCH_AXIS, manifest.latent_dim)
+    signatures = {
+        "encoder": ({"x": pixels}, {"mu": latent, "logvar": latent}),
+        "decoder": ({"z": latent}, {"logits": pixels, "probs": pixels}),
     }
+    if manifest.reconstruct is not None:
+        signatures["reconstruct"] = (
+            {"x": pixels},
+            {"mu": latent, "logvar": latent, "probs": pixels},
+        )
+    return signatures
 
 
 def _check_declared_shapes(manifest: Manifest) -> None:
     expected = expected_signatures(manifest)
-    for name, spec in (("encoder", manifest.encoder), ("decoder", manifest.decoder)):
+    for name, spec in manifest.graphs.items():
         inputs, outputs = expected[name]
         if spec.inputs != inputs or spec.outputs != outputs:
             raise ManifestError(
@@ -153,7 +167,8 @@ def _threshold(preprocessing: object) -> float:
 def _graph(graphs: dict[str, Any], name: str) -> GraphSpec:
     spec = graphs.get(name)
     if not isinstance(spec, dict):
-        raise ManifestError(f"graphs.{name} is missing")
+        problem = "is missing" if name not in graphs else f"must be an object, got {spec!r}"
+        raise ManifestError(f"graphs.{name} {problem}")
     file, sha = spec.get("file"), spec.get("sha256")
     if not isinstance(file, str) or not file or Path(file).name != file:
         raise ManifestError(f"graphs.{name}.file must be a plain file name, got {file!r}")

@@ -70,7 +70,8 @@ class ModelJob(Generic[R]):
     """A request's model work split around the two graphs, so that jobs can share their runs.
 
     `inputs()` decodes and preprocesses (x [b, D]); `latent(mu, logvar)` gives the z to
-    decode, or is None for the encoder alone; `respond(pass)` builds the result.
+    decode (`mean_latent` for mu itself, which lets the fused graph serve the job), or is None
+    for the encoder alone; `respond(pass)` builds the result.
     """
 
     runtime: ModelRuntime
@@ -79,11 +80,23 @@ class ModelJob(Generic[R]):
     respond: Callable[[Pass], R]
 
 
+def mean_latent(mu: Array, logvar: Array) -> Array:
+    """The latent of a mode=mean reconstruct: mu itself. Jobs that decode with this one are
+    served by the fused reconstruct graph (one run) when the model has it."""
+    return mu
+
+
 def run_jobs(jobs: Sequence[ModelJob[R]]) -> list[R | Exception]:
-    """Run jobs together: one encoder run and at most one decoder run per served model.
+    """Run jobs together: per served model, one fused run when every decoding job decodes mu
+    (and the model has the fused graph), else one encoder run and at most one decoder run.
 
     A job's own failure (a bad image) fails it alone; a graph's failure fails its model's jobs.
     """
+    if len(jobs) == 1:  # the common case at low load: skip the grouping
+        try:
+            return [run_one(jobs[0])]
+        except Exception as exc:
+            return [exc]
     outcomes: dict[int, R | Exception] = {}
     inputs: dict[int, Array] = {}
     for i, job in enumerate(jobs):
@@ -109,19 +122,38 @@ def run_jobs(jobs: Sequence[ModelJob[R]]) -> list[R | Exception]:
 
 
 def run_one(job: ModelJob[R]) -> R:
-    """One job alone; its exception is raised."""
-    outcome = run_jobs([job])[0]
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+    """One job alone, as `run_jobs([job])` but without its bookkeeping; its exception is raised."""
+    x = job.inputs()
+    return job.respond(_passes([job], [x])[0])
 
 
 def _passes(jobs: list[ModelJob[R]], xs: list[Array]) -> list[Pass]:
-    """Jobs of one runtime: the encoder on all their rows, the decoder on all their z."""
+    """Jobs of one runtime: the fused graph when it serves them all, else the two graphs."""
+    runtime = jobs[0].runtime
+    decoding = [job.latent for job in jobs if job.latent is not None]
+    if runtime.fused is not None and decoding and all(f is mean_latent for f in decoding):
+        return _fused_passes(jobs, xs)
+    return _two_graph_passes(jobs, xs)
+
+
+def _fused_passes(jobs: list[ModelJob[R]], xs: list[Array]) -> list[Pass]:
+    """One fused run on all the rows: mu, logvar and probs; z = mu for the decoding jobs (the
+    encoder-only jobs' probs are dropped, which costs less than a second run)."""
+    mu, logvar, probs = jobs[0].runtime.reconstruct_mean(_stack(xs))
+    _check_rows("the reconstruct graph", mu, xs)
+    return [
+        Pass(x, m, lv, None, None) if job.latent is None else Pass(x, m, lv, m, p)
+        for job, x, m, lv, p in zip(
+            jobs, xs, _split(mu, xs), _split(logvar, xs), _split(probs, xs), strict=True
+        )
+    ]
+
+
+def _two_graph_passes(jobs: list[ModelJob[R]], xs: list[Array]) -> list[Pass]:
+    """The encoder on all the rows, the decoder on all the z the jobs ask for."""
     runtime = jobs[0].runtime
     mu, logvar = runtime.encode(_stack(xs))
-    if len(mu) != sum(len(x) for x in xs):
-        raise RuntimeError(f"the encoder gave {len(mu)} rows for {sum(len(x) for x in xs)}")
+    _check_rows("the encoder", mu, xs)
     mus, logvars = _split(mu, xs), _split(logvar, xs)
     zs = [
         None if job.latent is None else job.latent(m, lv)
@@ -135,6 +167,11 @@ def _passes(jobs: list[ModelJob[R]], xs: list[Array]) -> list[Pass]:
     ]
 
 
+def _check_rows(graph: str, rows: Array, xs: list[Array]) -> None:
+    if len(rows) != sum(len(x) for x in xs):
+        raise RuntimeError(f"{graph} gave {len(rows)} rows for {sum(len(x) for x in xs)}")
+
+
 def _stack(parts: list[Array]) -> Array:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -142,6 +179,8 @@ def _stack(parts: list[Array]) -> Array:
 def _split(rows: Array, like: list[Array]) -> list[Array]:
     """`rows` cut into consecutive pieces as long as each of `like` (plain slices: np.split
     costs more than a batch-1 model run)."""
+    if len(like) == 1:
+        return [rows]
     pieces, start = [], 0
     for part in like:
         pieces.append(rows[start : start + len(part)])

@@ -1,4 +1,7 @@
-"""An immutable model runtime: one validated version's two ORT sessions and its manifest.
+"""An immutable model runtime: one validated version's ORT sessions and its manifest.
+
+The encoder and decoder always; the fused reconstruct graph (x -> mu, logvar, probs of decoding
+mu) when the version has one, so that a mode=mean reconstruct is one ORT run instead of two.
 
 Sessions are created once and shared by every thread (`InferenceSession.run` is thread-safe).
 Nothing here knows about HTTP. Shapes: B images, D pixels, L latent dimensions, K samples.
@@ -22,6 +25,9 @@ from service.manifest import GraphSpec, Manifest, Shape, expected_signatures
 Source = Literal["repository", "embedded"]
 ReconstructMode = Literal["mean", "sample"]
 DECODE_CHUNK_ROWS = 4096  # bounds the memory of one decoder run ([rows, D] float32 x 2)
+FUSED_TOLERANCE = 1e-4  # max |fused - encoder + decoder| the smoke test accepts (the exporter's)
+_FUSED_OUTPUTS = ["mu", "logvar", "probs"]
+SMOKE_ROWS = 3
 _FLOAT = "tensor(float)"
 
 
@@ -48,6 +54,7 @@ class ModelRuntime:
     source: Source
     encoder: Any  # ort.InferenceSession, x -> (mu, logvar)
     decoder: Any  # ort.InferenceSession, z -> (logits, probs)
+    fused: Any = None  # ort.InferenceSession, x -> (mu, logvar, probs); None: the version has none
 
     @property
     def version(self) -> int:
@@ -58,15 +65,18 @@ class ModelRuntime:
         cls, version_dir: Path, manifest: Manifest, *, threads: int, source: Source
     ) -> ModelRuntime:
         """Check checksums and graph signatures, then prove the model with a smoke inference."""
+        sessions = {
+            name: _session(version_dir, spec, threads) for name, spec in manifest.graphs.items()
+        }
+        for name, (inputs, outputs) in expected_signatures(manifest).items():
+            _check_signature(name, sessions[name], inputs, outputs)
         runtime = cls(
             manifest=manifest,
             source=source,
-            encoder=_session(version_dir, manifest.encoder, threads),
-            decoder=_session(version_dir, manifest.decoder, threads),
+            encoder=sessions["encoder"],
+            decoder=sessions["decoder"],
+            fused=sessions.get("reconstruct"),
         )
-        expected = expected_signatures(manifest)
-        _check_signature("encoder", runtime.encoder, *expected["encoder"])
-        _check_signature("decoder", runtime.decoder, *expected["decoder"])
         try:
             runtime.smoke_test()
         except ModelLoadError:
@@ -76,19 +86,40 @@ class ModelRuntime:
         return runtime
 
     def smoke_test(self) -> None:
-        """Encode and decode a small batch; the outputs must be finite and of declared shapes."""
+        """Encode and decode a small batch; the outputs must be finite and of declared shapes.
+
+        The fused graph, if any, must also agree with the encoder and decoder within
+        FUSED_TOLERANCE: a reconstruct that depended on which graphs ran is never served.
+        """
         rng = np.random.default_rng(0)
-        x = (rng.random((3, self.manifest.pixels)) > 0.5).astype(np.float32)
+        x = (rng.random((SMOKE_ROWS, self.manifest.pixels)) > 0.5).astype(np.float32)
         mu, logvar = self.encode(x)
         logits, probs = self.decode_logits(mu)
-        outputs = {"mu": mu, "logvar": logvar, "logits": logits, "probs": probs}
+        self._check_smoke("", {"mu": mu, "logvar": logvar, "logits": logits, "probs": probs})
+        if self.fused is None:
+            return
+        fused = dict(zip(_FUSED_OUTPUTS, self._fused_run(x), strict=True))
+        self._check_smoke("the reconstruct graph's ", fused)
+        two_graphs = {"mu": mu, "logvar": logvar, "probs": probs}
+        for name, value in fused.items():
+            diff = float(np.max(np.abs(value - two_graphs[name])))
+            if not diff <= FUSED_TOLERANCE:
+                raise ModelLoadError(
+                    f"smoke inference: the reconstruct graph's {name} differs from the encoder "
+                    f"and decoder's by {diff:.3g} (tolerance {FUSED_TOLERANCE:g})"
+                )
+
+    def _check_smoke(self, graph: str, outputs: dict[str, Array]) -> None:
+        """Each output of the smoke batch (3 rows) must be finite and [3, L] or [3, D]."""
         latent_dim, pixels = self.manifest.latent_dim, self.manifest.pixels
         widths = {"mu": latent_dim, "logvar": latent_dim, "logits": pixels, "probs": pixels}
         for name, value in outputs.items():
-            if value.shape != (len(x), widths[name]):
-                raise ModelLoadError(f"smoke inference: {name} has shape {list(value.shape)}")
+            if value.shape != (SMOKE_ROWS, widths[name]):
+                raise ModelLoadError(
+                    f"smoke inference: {graph}{name} has shape {list(value.shape)}"
+                )
             if not np.all(np.isfinite(value)):
-                raise ModelLoadError(f"smoke inference: {name} is not finite")
+                raise ModelLoadError(f"smoke inference: {graph}{name} is not finite")
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """[B, D] pixels in [0, 1] -> mu, logvar, each [B, L]."""
@@ -109,15 +140,26 @@ class ModelRuntime:
     ) -> tuple[Array, Array]:
         """x [B, D] -> (z [B, L], probabilities [B, D]); mode=mean decodes mu itself.
 
-        mode=sample draws from `rng`; mode=mean needs none (and skips logvar).
+        mode=sample draws from `rng`; mode=mean needs none (see `reconstruct_mean`).
         """
         if mode == "mean":
-            z = cast(Array, self.encoder.run(["mu"], {"x": x})[0])
-        elif rng is None:
+            mu, _, probs = self.reconstruct_mean(x)
+            return mu, probs
+        if rng is None:
             raise ValueError("mode=sample needs an rng")
-        else:
-            z = latent.reparameterize(*self.encode(x), rng)
+        z = latent.reparameterize(*self.encode(x), rng)
         return z, self.decode(z)
+
+    def reconstruct_mean(self, x: Array) -> tuple[Array, Array, Array]:
+        """x [B, D] -> (mu [B, L], logvar [B, L], probabilities of decoding mu [B, D]).
+
+        One run of the fused graph when the version has one, else the encoder then the decoder.
+        """
+        if self.fused is None:
+            mu, logvar = self.encode(x)
+            return mu, logvar, self.decode(mu)
+        mu, logvar, probs = self._fused_run(x)
+        return mu, logvar, probs
 
     def sample(self, n: int, temperature: float, rng: np.random.Generator) -> tuple[Array, Array]:
         """n draws from the prior at `temperature` -> (z [n, L], probabilities [n, D])."""
@@ -157,18 +199,12 @@ class ModelRuntime:
         )
 
     def _decoded(self, z: Array, names: list[str]) -> list[Array]:
-        """The decoder's `names` outputs for z [B, L]; one run unless B > DECODE_CHUNK_ROWS.
+        """The decoder's `names` outputs for z [B, L]."""
+        return _chunked_run(self.decoder, "z", z, names)
 
-        Only the outputs asked for are copied out, and a small batch is not concatenated:
-        at batch 1 these copies cost as much as the graph.
-        """
-        if len(z) <= DECODE_CHUNK_ROWS:
-            return cast(list[Array], self.decoder.run(names, {"z": z}))
-        parts = [
-            self.decoder.run(names, {"z": z[i : i + DECODE_CHUNK_ROWS]})
-            for i in range(0, len(z), DECODE_CHUNK_ROWS)
-        ]
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
+    def _fused_run(self, x: Array) -> list[Array]:
+        """The fused graph's mu, logvar and probs for x [B, D]."""
+        return _chunked_run(self.fused, "x", x, _FUSED_OUTPUTS)
 
     def _log_px(self, x: Array, z: Array, k: int) -> npt.NDArray[np.float64]:
         """log p(x_{r // k} | z_r) for each row r of z [B*K, L] -> [B*K]."""
@@ -178,6 +214,22 @@ class ModelRuntime:
             logits, _ = self.decode_logits(z[rows])
             out[rows] = latent.log_bernoulli(x[rows // k], logits)
         return out
+
+
+def _chunked_run(session: Any, feed: str, rows: Array, names: list[str]) -> list[Array]:
+    """`session`'s `names` outputs for `rows`; one run unless there are more than
+    DECODE_CHUNK_ROWS (the outputs of [rows, D] bound the memory).
+
+    Only the outputs asked for are copied out, and a small batch is not concatenated:
+    at batch 1 these copies cost as much as the graph.
+    """
+    if len(rows) <= DECODE_CHUNK_ROWS:
+        return cast(list[Array], session.run(names, {feed: rows}))
+    parts = [
+        session.run(names, {feed: rows[i : i + DECODE_CHUNK_ROWS]})
+        for i in range(0, len(rows), DECODE_CHUNK_ROWS)
+    ]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
 
 
 def _session(version_dir: Path, spec: GraphSpec, threads: int) -> Any:

@@ -39,7 +39,8 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 class OnnxVAE:
-    """A published version (encoder.onnx + decoder.onnx + manifest.json) run by onnxruntime."""
+    """A published version (its encoder.onnx and decoder.onnx, per manifest.json) run by
+    onnxruntime."""
 
     def __init__(self, version_dir: Path, threads: int = 1) -> None:
         self.manifest: dict[str, Any] = json.loads((version_dir / "manifest.json").read_text())

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from service.deps import ModelCall, model_call, new_seed, rng_for
 from service.latent import Array, reparameterize
-from service.offload import Cost, ModelJob, Pass
+from service.offload import Cost, ModelJob, Pass, mean_latent
 from service.problems import problem_responses
 from service.query import openapi_parameters
 from service.responses import image_response_doc, json_response, png_response
@@ -88,8 +88,9 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
                 upload.images(settings.max_batch, settings.max_image_pixels), options
             )
 
-        def latent(mu: Array, logvar: Array) -> Array:
-            return mu if used_seed is None else reparameterize(mu, logvar, rng_for(used_seed))
+        def sampled(mu: Array, logvar: Array) -> Array:
+            assert used_seed is not None
+            return reparameterize(mu, logvar, rng_for(used_seed))
 
         def respond(result: Pass) -> Response:
             assert result.z is not None and result.probs is not None
@@ -107,7 +108,8 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
                 )
             return png_response(result.probs, options.shape, scale, headers=_seed_header(used_seed))
 
-        job = ModelJob(runtime, inputs, latent, respond)
+        # mean_latent (z = mu) lets the job take the fused reconstruct graph when there is one
+        job = ModelJob(runtime, inputs, mean_latent if mode == "mean" else sampled, respond)
         return await services.executor.run_model("reconstruct", Cost(upload.pixels, 2), job)
 
 

@@ -29,7 +29,7 @@ from training.model import VAE
 STEPS = (
     "staging-created",  # the dot-directory exists, empty
     "encoder-written",  # encoder.onnx exported, decoder.onnx not yet
-    "graphs-written",  # both graphs written, not verified or fsynced yet
+    "graphs-written",  # all three graphs written, not verified or fsynced yet
     "manifest-temp-written",  # .manifest.json.<uuid>.tmp written and fsynced, not renamed
     "manifest-in-place",  # manifest.json complete inside the dot-directory, not renamed
     "renamed",  # renamed to vae/<version>/, the directory fsync not done

@@ -28,9 +28,14 @@ CHILD_TIMEOUT_S = 180  # importing torch (and one real export) on a loaded 2-cor
 LEFT_IN_STAGING = {
     "staging-created": set(),
     "encoder-written": {"encoder.onnx"},
-    "graphs-written": {"encoder.onnx", "decoder.onnx"},
-    "manifest-temp-written": {"encoder.onnx", "decoder.onnx", ".manifest.json.*.tmp"},
-    "manifest-in-place": {"encoder.onnx", "decoder.onnx", "manifest.json"},
+    "graphs-written": {"encoder.onnx", "decoder.onnx", "reconstruct.onnx"},
+    "manifest-temp-written": {
+        "encoder.onnx",
+        "decoder.onnx",
+        "reconstruct.onnx",
+        ".manifest.json.*.tmp",
+    },
+    "manifest-in-place": {"encoder.onnx", "decoder.onnx", "reconstruct.onnx", "manifest.json"},
 }
 
 

@@ -77,6 +77,21 @@ def set_sha(version_dir: Path, manifest: dict[str, Any]) -> None:
     manifest["graphs"]["decoder"]["sha256"] = "0" * 64
 
 
+def without_fused_graph(version_dir: Path, manifest: dict[str, Any]) -> None:
+    """A version as published before the fused graph: no graphs.reconstruct, no file."""
+    (version_dir / manifest["graphs"].pop("reconstruct")["file"]).unlink()
+
+
+def fused_graph_of(other: Path) -> Edit:
+    """Replace the version's reconstruct.onnx by `other` version's (its sha256 updated)."""
+
+    def edit(version_dir: Path, manifest: dict[str, Any]) -> None:
+        shutil.copyfile(other / "reconstruct.onnx", version_dir / "reconstruct.onnx")
+        rehash(version_dir, manifest, "reconstruct")
+
+    return edit
+
+
 def claim_latent(size: int, *, shapes_too: bool) -> Edit:
     """Say the latent size is `size` (and, optionally, declare graph shapes to match)."""
 
@@ -86,6 +101,9 @@ def claim_latent(size: int, *, shapes_too: bool) -> Edit:
             graphs = manifest["graphs"]
             graphs["encoder"]["outputs"] = {"mu": ["batch", size], "logvar": ["batch", size]}
             graphs["decoder"]["inputs"] = {"z": ["batch", size]}
+            if "reconstruct" in graphs:
+                outputs = graphs["reconstruct"]["outputs"]
+                outputs.update(mu=["batch", size], logvar=["batch", size])
 
     return edit
 

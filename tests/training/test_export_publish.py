@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ def test_onnx_matches_torch_at_another_batch_size(exported: tuple[VAE, Path]) ->
     x = (torch.rand(5, 784, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     encoder = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    fused = ort.InferenceSession(str(out / "reconstruct.onnx"), providers=["CPUExecutionProvider"])
     mu, logvar = encoder.run(["mu", "logvar"], {"x": x.numpy()})
     logits, probs = decoder.run(["logits", "probs"], {"z": mu})
+    f_mu, f_logvar, f_probs = fused.run(["mu", "logvar", "probs"], {"x": x.numpy()})
     with torch.no_grad():
         t_mu, t_logvar = m.encode(x)
         t_logits = m.decode(t_mu)
@@ -52,6 +55,10 @@ def test_onnx_matches_torch_at_another_batch_size(exported: tuple[VAE, Path]) ->
     np.testing.assert_allclose(logvar, t_logvar.numpy(), atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(logits, t_logits.numpy(), atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(probs, torch.sigmoid(t_logits).numpy(), atol=TOLERANCE, rtol=0)
+    # The fused graph decodes the posterior mean: the encoder and decoder in one run.
+    np.testing.assert_allclose(f_mu, t_mu.numpy(), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(f_logvar, t_logvar.numpy(), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(f_probs, torch.sigmoid(t_logits).numpy(), atol=TOLERANCE, rtol=0)
     assert verify_export(m, out) <= TOLERANCE
 
 
@@ -66,12 +73,32 @@ def test_graphs_have_named_tensors_and_a_dynamic_batch(exported: tuple[VAE, Path
         "logits",
         "probs",
     ]
+    fused = onnx.load(str(out / "reconstruct.onnx")).graph
+    (x,) = fused.input
+    dims = x.type.tensor_type.shape.dim
+    assert x.name == "x" and dims[0].dim_param and dims[1].dim_value == 784
+    assert [o.name for o in fused.output] == ["mu", "logvar", "probs"]
+    assert [d.dim_value for d in fused.output[2].type.tensor_type.shape.dim][1:] == [784]
 
 
 def test_verify_catches_a_mismatch(exported: tuple[VAE, Path]) -> None:
     _, out = exported
     with pytest.raises(ValueError, match="differs from torch"):
         verify_export(model(seed=1), out)  # other weights than the exported ones
+
+
+def test_verify_catches_a_fused_graph_of_other_weights(
+    exported: tuple[VAE, Path], tmp_path: Path
+) -> None:
+    m, out = exported
+    other = tmp_path / "other"
+    other.mkdir()
+    export_onnx(model(seed=1), other)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    shutil.copyfile(other / "reconstruct.onnx", mixed / "reconstruct.onnx")
+    with pytest.raises(ValueError, match=r"ONNX reconstruct\.mu differs from torch"):
+        verify_export(m, mixed)  # encoder and decoder right, the fused graph not
 
 
 def test_publish_writes_a_complete_self_describing_version(tmp_path: Path) -> None:
@@ -82,10 +109,18 @@ def test_publish_writes_a_complete_self_describing_version(tmp_path: Path) -> No
     manifest = json.loads((result.path / MANIFEST).read_text())
     assert manifest["version"] == 1 and manifest["latent_dim"] == CFG.latent_dim
     assert manifest["image_shape"] == [28, 28]
-    for name in ("encoder", "decoder"):
-        graph = manifest["graphs"][name]
+    assert list(manifest["graphs"]) == ["encoder", "decoder", "reconstruct"]
+    for name, graph in manifest["graphs"].items():
+        assert graph["file"] == f"{name}.onnx"
         assert graph["sha256"] == sha256_file(result.path / graph["file"])
+        assert graph["bytes"] == (result.path / graph["file"]).stat().st_size
     assert manifest["graphs"]["decoder"]["inputs"] == {"z": ["batch", CFG.latent_dim]}
+    assert manifest["graphs"]["reconstruct"]["inputs"] == {"x": ["batch", 784]}
+    assert manifest["graphs"]["reconstruct"]["outputs"] == {
+        "mu": ["batch", CFG.latent_dim],
+        "logvar": ["batch", CFG.latent_dim],
+        "probs": ["batch", 784],
+    }
     assert manifest["training"]["preset"] == "tiny"
     assert manifest["export_check"]["max_abs_diff"] <= TOLERANCE
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["software"])
