@@ -9,7 +9,7 @@ validation, the same coercions and messages FastAPI would give) and documents it
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
@@ -25,15 +25,27 @@ class QueryModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+_DEFAULTS: dict[type[QueryModel], QueryModel] = {}  # each model's all-defaults instance
+
+
 def read_query(request: Request, model: type[Q]) -> Q:
     """Validate the query string; a repeated parameter counts with its last value.
 
     Raises a 422 problem naming each parameter at fault (`query.<name>`).
     """
     try:
+        if not request.scope["query_string"]:  # all defaults: one shared (frozen) instance
+            return _defaults(model)
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
         raise from_errors(exc.errors(include_url=False), ("query",)) from exc
+
+
+def _defaults(model: type[Q]) -> Q:
+    instance = _DEFAULTS.get(model)
+    if instance is None:
+        instance = _DEFAULTS[model] = model()
+    return cast(Q, instance)
 
 
 def openapi_parameters(model: type[QueryModel]) -> list[dict[str, Any]]:
