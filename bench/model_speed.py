@@ -206,7 +206,7 @@ def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
             "decode + preprocess=none + binarize": lambda: preprocess.model_input(
                 preprocess.open_image(data, "body", 2**24), none
             ),
-            "PNG encode 28x28, service encoder (zlib level 1)": lambda: imaging.encode_png(pixels),
+            "PNG encode 28x28, service encoder (stored)": lambda: imaging.encode_png(pixels),
             "PNG encode 28x28, PIL level 1": lambda: pil_png(1),
             "PNG encode 28x28, PIL level 6": lambda: pil_png(6),
         },
