@@ -18,6 +18,8 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.repository import ModelRepository, Rejection, VersionEntry
+
 Edit = Callable[[Path, dict[str, Any]], None]
 
 
@@ -39,6 +41,22 @@ def install(
     target = repo / "vae" / str(version)
     staging.rename(target)
     return target
+
+
+def reject_v2(
+    repo: Path, published: dict[str, Path], edit: Edit
+) -> tuple[ModelRepository, list[VersionEntry], Rejection]:
+    """Install model a as version 1 and model b, edited, as version 2, then load the best:
+    version 2 must be rejected and version 1 served. Returns the repository, its scan and the
+    rejection."""
+    install(repo, published["a"], 1)
+    install(repo, published["b"], 2, edit)
+    repository = ModelRepository(repo, "repository", threads=1)
+    entries = repository.scan()
+    runtime, rejections = repository.load_best(entries, above=0)
+    assert runtime is not None and runtime.version == 1  # falls back to the next version down
+    assert [r.version for r in rejections] == [2]
+    return repository, entries, rejections[0]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -18,7 +18,6 @@ from service.app import create_app
 from service.latent import Array, reparameterize
 from service.manifest import read_manifest
 from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
-from service.repository import ModelRepository
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from tests.service.service_helpers import (
@@ -26,6 +25,7 @@ from tests.service.service_helpers import (
     edit_onnx,
     fused_graph_of,
     install,
+    reject_v2,
     remove,
     wait_for,
     without_fused_graph,
@@ -163,13 +163,8 @@ def test_a_bad_fused_graph_rejects_the_version(
     corruption: str, repo: Path, published: dict[str, Path]
 ) -> None:
     make_edit, reason = FUSED_CORRUPTIONS[corruption]
-    install(repo, published["a"], 1)
-    install(repo, published["b"], 2, make_edit(published))
-    repository = ModelRepository(repo, "repository", threads=1)
-    runtime, rejections = repository.load_best(repository.scan(), above=0)
-    assert runtime is not None and runtime.version == 1  # the next version down is served
-    assert [r.version for r in rejections] == [2]
-    assert reason in rejections[0].reason, rejections[0].reason
+    _, _, rejection = reject_v2(repo, published, make_edit(published))
+    assert reason in rejection.reason, rejection.reason
 
 
 # Over HTTP, the real app and its lifespan.

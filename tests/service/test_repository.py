@@ -18,6 +18,7 @@ from tests.service.service_helpers import (
     install,
     poison_weights,
     rehash,
+    reject_v2,
     remove,
     rename_output,
     set_field,
@@ -47,16 +48,10 @@ def test_each_corruption_is_rejected_with_its_reason(
     corruption: str, repo: Path, published: dict[str, Path]
 ) -> None:
     edit, reason = CORRUPTIONS[corruption]
-    install(repo, published["a"], 1)
-    install(repo, published["b"], 2, edit)
-    repository = ModelRepository(repo, "repository", threads=1)
-    entries = repository.scan()
-    runtime, rejections = repository.load_best(entries, above=0)
-    assert runtime is not None and runtime.version == 1  # falls back to the next version down
-    assert [r.version for r in rejections] == [2]
-    assert reason in rejections[0].reason
+    repository, entries, rejection = reject_v2(repo, published, edit)
+    assert reason in rejection.reason
     records = {r.version: r for r in repository.records(entries, serving=1)}
-    assert records[2].status == "rejected" and records[2].reason == rejections[0].reason
+    assert records[2].status == "rejected" and records[2].reason == rejection.reason
     assert records[1].status == "serving"
 
 
