@@ -25,6 +25,7 @@ import numpy as np
 from service.batcher import MicroBatcher
 from service.latent import Array
 from service.metrics import Metrics
+from service.preprocess import ImageOptions, OpenedImage, input_rows, model_inputs, stack_rows
 from service.runtime import ModelRuntime
 
 T = TypeVar("T")
@@ -66,16 +67,27 @@ class Pass:
 
 
 @dataclass(frozen=True)
+class ImageInputs:
+    """A job's input images (`images()` may parse a multipart body: blocking work) and how
+    to preprocess them. Jobs run together have all their images preprocessed in one
+    `preprocess.model_inputs` call."""
+
+    images: Callable[[], list[OpenedImage]]
+    options: ImageOptions
+
+
+@dataclass(frozen=True)
 class ModelJob(Generic[R]):
     """A request's model work split around the two graphs, so that jobs can share their runs.
 
-    `inputs()` decodes and preprocesses (x [b, D]); `latent(mu, logvar)` gives the z to
-    decode (`mean_latent` for mu itself, which lets the fused graph serve the job), or is None
-    for the encoder alone; `respond(pass)` builds the result.
+    `inputs` gives x [b, D]: images to decode and preprocess, or a function returning x;
+    `latent(mu, logvar)` gives the z to decode (`mean_latent` for mu itself, which lets the
+    fused graph serve the job), or is None for the encoder alone; `respond(pass)` builds the
+    result.
     """
 
     runtime: ModelRuntime
-    inputs: Callable[[], Array]
+    inputs: ImageInputs | Callable[[], Array]
     latent: Callable[[Array, Array], Array] | None
     respond: Callable[[Pass], R]
 
@@ -98,12 +110,7 @@ def run_jobs(jobs: Sequence[ModelJob[R]]) -> list[R | Exception]:
         except Exception as exc:
             return [exc]
     outcomes: dict[int, R | Exception] = {}
-    inputs: dict[int, Array] = {}
-    for i, job in enumerate(jobs):
-        try:
-            inputs[i] = job.inputs()
-        except Exception as exc:
-            outcomes[i] = exc
+    inputs = _inputs(jobs, outcomes)
     groups: dict[int, list[int]] = {}
     for i in inputs:  # a hot swap can put two models in one batch
         groups.setdefault(id(jobs[i].runtime), []).append(i)
@@ -123,8 +130,41 @@ def run_jobs(jobs: Sequence[ModelJob[R]]) -> list[R | Exception]:
 
 def run_one(job: ModelJob[R]) -> R:
     """One job alone, as `run_jobs([job])` but without its bookkeeping; its exception is raised."""
-    x = job.inputs()
+    if isinstance(job.inputs, ImageInputs):
+        x = input_rows(job.inputs.images(), job.inputs.options)
+    else:
+        x = job.inputs()
     return job.respond(_passes([job], [x])[0])
+
+
+def _inputs(jobs: Sequence[ModelJob[R]], failed: dict[int, R | Exception]) -> dict[int, Array]:
+    """Each job's x [b, D] by index; a job that fails here gets its exception in `failed`.
+    All the jobs' images are preprocessed in one call: its numpy calls cover the batch."""
+    inputs: dict[int, Array] = {}
+    images: list[tuple[int, list[OpenedImage], ImageOptions]] = []
+    for i, job in enumerate(jobs):
+        try:
+            if isinstance(job.inputs, ImageInputs):
+                images.append((i, job.inputs.images(), job.inputs.options))
+            else:
+                inputs[i] = job.inputs()
+        except Exception as exc:
+            failed[i] = exc
+    try:
+        rows = iter(
+            model_inputs([(image, options) for _, opened, options in images for image in opened])
+        )
+    except Exception as exc:  # preprocessing itself failed: every image job hears of it
+        failed.update((i, exc) for i, _, _ in images)
+        return inputs
+    for i, opened, _ in images:
+        mine = [next(rows) for _ in opened]
+        arrays = [row for row in mine if isinstance(row, np.ndarray)]
+        if len(arrays) == len(mine):
+            inputs[i] = stack_rows(arrays)
+        else:  # as one image's problem fails its request
+            failed[i] = next(row for row in mine if isinstance(row, Exception))
+    return inputs
 
 
 def _passes(jobs: list[ModelJob[R]], xs: list[Array]) -> list[Pass]:

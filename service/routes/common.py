@@ -8,7 +8,7 @@ from pydantic import Field
 from service.deps import MAX_SEED
 from service.imaging import MAX_OUTPUT_SIDE, MAX_SCALE
 from service.latent import Array
-from service.preprocess import ImageOptions, OpenedImage, Preprocess, model_input
+from service.preprocess import ImageOptions, Preprocess
 from service.problems import invalid
 from service.query import QueryModel
 from service.runtime import ModelRuntime
@@ -57,13 +57,6 @@ class ImageQuery(QueryModel):
 def image_options(runtime: ModelRuntime, preprocess: Preprocess, binarize: bool) -> ImageOptions:
     manifest = runtime.manifest
     return ImageOptions(preprocess, binarize, manifest.binarize_threshold, manifest.image_shape)
-
-
-def stack_inputs(images: list[OpenedImage], options: ImageOptions) -> Array:
-    """Decode and preprocess every image: [B, D] float32."""
-    if len(images) == 1:  # skips np.stack's Python-level checks (a few us per request)
-        return model_input(images[0], options)[None]
-    return np.stack([model_input(image, options) for image in images])
 
 
 def latent_rows(z: list[list[float]], latent_dim: int, field: str = "body.z") -> Array:

@@ -3,6 +3,7 @@
 No `from __future__ import annotations` here: the parameter types close over `settings`.
 """
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -11,7 +12,8 @@ from starlette.responses import Response
 
 from service.deps import ModelCall, model_call, new_seed, rng_for
 from service.latent import Array, reparameterize
-from service.offload import Cost, ModelJob, Pass, mean_latent
+from service.offload import Cost, ImageInputs, ModelJob, Pass, mean_latent
+from service.preprocess import input_rows
 from service.problems import problem_responses
 from service.query import openapi_parameters
 from service.responses import image_response_doc, json_response, png_response
@@ -21,7 +23,6 @@ from service.routes.common import (
     SeedField,
     image_body_doc,
     image_options,
-    stack_inputs,
 )
 from service.runtime import ReconstructMode
 from service.schemas import (
@@ -83,11 +84,6 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed) if mode == "sample" else None
 
-        def inputs() -> Array:
-            return stack_inputs(
-                upload.images(settings.max_batch, settings.max_image_pixels), options
-            )
-
         def sampled(mu: Array, logvar: Array) -> Array:
             assert used_seed is not None
             return reparameterize(mu, logvar, rng_for(used_seed))
@@ -109,6 +105,9 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
             return png_response(result.probs, options.shape, scale, headers=_seed_header(used_seed))
 
         # mean_latent (z = mu) lets the job take the fused reconstruct graph when there is one
+        inputs = ImageInputs(
+            partial(upload.images, settings.max_batch, settings.max_image_pixels), options
+        )
         job = ModelJob(runtime, inputs, mean_latent if mode == "mean" else sampled, respond)
         return await services.executor.run_model("reconstruct", Cost(upload.pixels, 2), job)
 
@@ -138,11 +137,6 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed) if query.sample else None
 
-        def inputs() -> Array:
-            return stack_inputs(
-                upload.images(settings.max_batch, settings.max_image_pixels), options
-            )
-
         def respond(result: Pass) -> Response:
             z = None
             if used_seed is not None:
@@ -158,6 +152,9 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
                 )
             )
 
+        inputs = ImageInputs(
+            partial(upload.images, settings.max_batch, settings.max_image_pixels), options
+        )
         job = ModelJob(runtime, inputs, None, respond)
         return await services.executor.run_model("encode", Cost(upload.pixels, 1), job)
 
@@ -193,7 +190,7 @@ def _add_score(api: APIRouter, settings: Settings) -> None:
         used_seed = new_seed(query.seed)
 
         def job() -> Response:
-            x = stack_inputs(upload.images(settings.max_batch, settings.max_image_pixels), options)
+            x = input_rows(upload.images(settings.max_batch, settings.max_image_pixels), options)
             s = runtime.score(x, k, rng_for(used_seed))
             scores = [
                 ImageScore(

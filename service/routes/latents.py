@@ -12,7 +12,7 @@ from starlette.responses import Response
 from service.deps import ModelCall, model_call, new_seed, rng_for
 from service.latent import InterpolationMethod, interpolate
 from service.offload import Cost
-from service.preprocess import OpenedImage
+from service.preprocess import OpenedImage, input_rows
 from service.problems import invalid, problem_responses
 from service.query import QueryModel, openapi_parameters
 from service.responses import image_response_doc, json_response, png_response
@@ -23,7 +23,6 @@ from service.routes.common import (
     image_body_doc,
     image_options,
     latent_rows,
-    stack_inputs,
 )
 from service.schemas import (
     DecodeRequest,
@@ -205,7 +204,7 @@ def _add_interpolate(api: APIRouter, settings: Settings) -> None:
                 ends = latent_rows(ends_json or [], runtime.manifest.latent_dim)
             else:
                 images = _two(upload.images(2, settings.max_image_pixels))
-                ends = runtime.encode(stack_inputs(images, options))[0]
+                ends = runtime.encode(input_rows(images, options))[0]
             z = interpolate(ends[0], ends[1], steps, method)
             probs = runtime.decode(z)
             if output == "json":

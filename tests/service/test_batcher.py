@@ -15,11 +15,13 @@ from service.app import create_app
 from service.batcher import BatcherClosedError, MicroBatcher
 from service.latent import Array, reparameterize
 from service.manifest import read_manifest
-from service.offload import ModelJob, Pass, run_jobs, run_one
+from service.offload import ImageInputs, ModelJob, Pass, mean_latent, run_jobs, run_one
+from service.preprocess import ImageOptions, open_image
+from service.problems import ApiProblem
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from tests.service.service_helpers import install, metric
-from tests.service.service_samples import PNG, digit_png
+from tests.service.service_samples import PNG, digit_png, gray_array_png, photo_png
 
 
 class Recorder:
@@ -219,3 +221,43 @@ def test_batching_on_and_off_answer_the_same_bytes(
         assert on.content == off.content, path
     assert metric(batched, "vae_inference_batch_size_count") == 3
     assert metric(unbatched, "vae_inference_batch_size_count") == 0
+
+
+def image_job(runtime: ModelRuntime, data: list[bytes], latent: bool = True) -> ModelJob[Pass]:
+    opened = [open_image(d, f"files[{i}]", 4096 * 4096) for i, d in enumerate(data)]
+    options = ImageOptions("mnist", True, 0.5, (28, 28))
+    return ModelJob(
+        runtime,
+        ImageInputs(lambda: opened, options),
+        mean_latent if latent else None,
+        lambda result: result,
+    )
+
+
+def test_image_jobs_preprocessed_together_equal_jobs_run_alone(
+    runtimes: dict[str, ModelRuntime],
+) -> None:
+    a = runtimes["a"]
+    blank = gray_array_png(np.zeros((28, 28)))
+
+    def jobs() -> list[ModelJob[Pass]]:
+        return [
+            image_job(a, [digit_png()]),
+            image_job(a, [photo_png(), digit_png()], latent=False),
+            image_job(a, [digit_png(), blank]),  # one bad image fails its request alone
+            job(a, images(2, 9), None),  # a job that brings its own x
+            image_job(a, [photo_png()]),
+        ]
+
+    together = run_jobs(jobs())
+    assert isinstance(together[2], ApiProblem) and together[2].problem.field == "files[1]"
+    for i, (shared, one) in enumerate(zip(together, jobs(), strict=True)):
+        if i == 2:
+            continue
+        single = run_one(one)
+        assert isinstance(shared, Pass)
+        for name in ("x", "mu", "logvar", "z", "probs"):
+            got, want = getattr(shared, name), getattr(single, name)
+            assert (got is None) == (want is None), name
+            if want is not None:
+                assert got.tobytes() == want.tobytes(), name

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import ImageOptions, mnist_like, model_input, open_image
+from service.preprocess import ImageOptions, mnist_like, model_input, model_inputs, open_image
 from service.problems import ApiProblem
 from tests.service import service_samples as samples
 
@@ -139,3 +141,67 @@ def test_pixel_limit_is_a_setting() -> None:
 def test_preprocess_none_refuses_other_sizes() -> None:
     problem = problem_of(samples.photo_png(), RAW)
     assert "28x28" in problem.detail and "200x200" in problem.detail
+
+
+# Images preprocessed together (the inference thread's batches) and one by one.
+
+
+def varied_images() -> list[bytes]:
+    """Digits of several sizes, pixel types and backgrounds, a blank one and a ~1-pixel one."""
+    rng = np.random.default_rng(5)
+    digit = samples.decode_png(samples.digit_png())
+    shifted = np.roll(digit, (3, -4), axis=(0, 1))
+    noisy = np.clip(digit * 0.7 + rng.uniform(0, 60, digit.shape), 0, 255)
+    return [
+        samples.digit_png(),
+        samples.gray_array_png(shifted),
+        samples.gray_array_png(255 - shifted),  # dark ink on a light page
+        samples.gray_array_png(noisy),  # grey background, low contrast: stretched
+        samples.photo_png(),  # 200x200: resized to fit the box
+        samples.encode(samples.draw_seven(60, (5, 20, 40, 55), 30, 220)),
+        samples.rgba_canvas_png((0, 0, 0)),
+        samples.sixteen_bit_png(),
+        samples.gray_array_png(np.zeros((28, 28))),  # blank
+        samples.gray_array_png(np.pad(np.full((1, 1), 255), ((13, 14), (13, 14)))),
+    ]
+
+
+@pytest.mark.parametrize("options", [MNIST, RAW], ids=["mnist", "none"])
+def test_images_preprocessed_together_equal_each_alone(options: ImageOptions) -> None:
+    data = varied_images()
+    mixed = [replace(options, binarize=i % 2 == 0) for i in range(len(data))]
+    together = model_inputs(
+        [
+            (open_image(d, f"files[{i}]", MAX_PIXELS), o)
+            for i, (d, o) in enumerate(zip(data, mixed, strict=True))
+        ]
+    )
+    for i, (d, o) in enumerate(zip(data, mixed, strict=True)):
+        alone = model_inputs([(open_image(d, f"files[{i}]", MAX_PIXELS), o)])[0]
+        got = together[i]
+        if isinstance(alone, ApiProblem):
+            assert isinstance(got, ApiProblem) and got.detail == alone.detail
+        else:
+            assert isinstance(got, np.ndarray) and got.tobytes() == alone.tobytes()  # bit for bit
+    problems = [r for r in together if isinstance(r, ApiProblem)]
+    # With preprocess=none only the 28x28 images pass; with mnist only the blank one fails.
+    expected = ["files[8]"] if options is MNIST else ["files[4]", "files[5]", "files[6]"]
+    assert [p.problem.field for p in problems] == expected
+
+
+def test_a_centre_between_two_pixels_rounds_the_same_way_in_any_batch() -> None:
+    # A 4-pixel-wide bar of 20 rows: its centre of mass is exactly 1.5 pixels from its
+    # left edge, so the offset (13.5 - 1.5 = 12) is exact; with uneven ink it is not.
+    bar = np.zeros((28, 28))
+    bar[4:24, 10:14] = 255
+    uneven = bar.copy()
+    uneven[4:24, 13] = 128
+    one = model_inputs([(open_image(samples.gray_array_png(bar), "body", MAX_PIXELS), MNIST)])[0]
+    assert isinstance(one, np.ndarray)
+    cols = np.flatnonzero(one.reshape(28, 28).any(axis=0))
+    assert cols.tolist() == [12, 13, 14, 15]
+    batch = [
+        (open_image(samples.gray_array_png(a), "body", MAX_PIXELS), MNIST)
+        for a in (uneven, bar, uneven)
+    ]
+    assert model_inputs(batch)[1].tobytes() == one.tobytes()  # type: ignore[union-attr]
