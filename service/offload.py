@@ -5,10 +5,10 @@ inference thread that micro-batches concurrent requests (service.batcher) gave 1
 throughput of running them inline on the event loop at 16 connections and 1.9x at 64, at
 about 0.55x the CPU per request, and added 0.3 ms to p99 at 1 connection. Inline beat both a
 threadpool hop and the same thread without batching (0.7-0.8x of inline). So a small
-reconstruct or encode (one image of at most 64x64 pixels) goes to the inference thread when
-batching is on (VAE_BATCH_MAX_SIZE > 0); other small work runs inline; anything larger
-(multipart batches, big images, many samples, large-k scores, interpolations) runs on the
-worker threads so the loop stays free.
+reconstruct or encode (images of at most 64x64 pixels in all, as a raw body or a multipart
+body of up to 4 KiB) goes to the inference thread when batching is on (VAE_BATCH_MAX_SIZE >
+0); other small work runs inline; anything larger (larger multipart bodies, big images, many
+samples, large-k scores, interpolations) runs on the worker threads so the loop stays free.
 """
 
 from __future__ import annotations

@@ -24,11 +24,16 @@ MULTIPART = "multipart/form-data"
 JSON = "application/json"
 FILES_FIELD = "files"
 INLINE_MAX_JSON_BYTES = 64 * 1024  # larger JSON bodies are parsed off the event loop
+# A multipart body this small (a few digits) is parsed, and its images' headers read, on the
+# event loop (~30 us a file), so that its pixel count is known and a small batch can join the
+# inference thread's batches; larger bodies are parsed in the job, off the loop.
+INLINE_MAX_MULTIPART_BYTES = 4 * 1024
 
 
 @dataclass(frozen=True)
 class Upload:
-    """The images of one request: opened already (a raw body) or still multipart bytes."""
+    """The images of one request: opened already (a raw body, a small multipart body) or
+    still multipart bytes."""
 
     opened: list[OpenedImage] | None
     body: bytes
@@ -40,7 +45,8 @@ class Upload:
         return None if self.opened is None else sum(i.pixels for i in self.opened)
 
     def images(self, max_batch: int, max_pixels: int) -> list[OpenedImage]:
-        """Parse a multipart body (blocking work: call it in the job) and open every file."""
+        """The opened images; a multipart body not parsed yet is parsed now (blocking work:
+        call it in the job)."""
         if self.opened is not None:
             return self.opened
         return open_files(self.body, self.content_type, max_batch, max_pixels)
@@ -51,16 +57,19 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_upload(request: Request, max_pixels: int) -> Upload:
-    """Read the body; a single raw image has its header checked at once (cheap)."""
+async def read_upload(request: Request, max_batch: int, max_pixels: int) -> Upload:
+    """Read the body; a single raw image, or a small multipart body, has its images' headers
+    checked at once (cheap)."""
     media = media_type(request)
     if media not in (*RAW_TYPES, MULTIPART):
         raise unsupported(media, (*RAW_TYPES, MULTIPART))
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    if media == MULTIPART:
-        return Upload(None, body, content_type)
-    return Upload([open_image(body, "body", max_pixels)], body, content_type)
+    if media != MULTIPART:
+        return Upload([open_image(body, "body", max_pixels)], body, content_type)
+    if len(body) <= INLINE_MAX_MULTIPART_BYTES:
+        return Upload(open_files(body, content_type, max_batch, max_pixels), body, content_type)
+    return Upload(None, body, content_type)
 
 
 def open_files(

@@ -80,7 +80,7 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
         """
         services, runtime, output, query = call.services, call.runtime, call.output, call.query
         mode, scale = query.mode, query.scale
-        upload = await read_upload(request, settings.max_image_pixels)
+        upload = await read_upload(request, settings.max_batch, settings.max_image_pixels)
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed) if mode == "sample" else None
 
@@ -133,7 +133,7 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
     ) -> Response:
         """Encode one image or a batch to the posterior's mu and logvar (and z if asked)."""
         services, runtime, query = call.services, call.runtime, call.query
-        upload = await read_upload(request, settings.max_image_pixels)
+        upload = await read_upload(request, settings.max_batch, settings.max_image_pixels)
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed) if query.sample else None
 
@@ -185,7 +185,7 @@ def _add_score(api: APIRouter, settings: Settings) -> None:
         Higher means less like the training data. Figures are nats per image.
         """
         services, runtime, query, k = call.services, call.runtime, call.query, call.query.k
-        upload = await read_upload(request, settings.max_image_pixels)
+        upload = await read_upload(request, settings.max_batch, settings.max_image_pixels)
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed)
 

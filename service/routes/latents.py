@@ -196,7 +196,7 @@ def _add_interpolate(api: APIRouter, settings: Settings) -> None:
         if media == JSON:
             ends_json = (await read_json(request, InterpolateRequest)).z
         else:
-            upload = await read_upload(request, settings.max_image_pixels)
+            upload = await read_upload(request, 2, settings.max_image_pixels)
         options = image_options(runtime, query.preprocess, query.binarize)
 
         def job() -> Response:

@@ -20,8 +20,9 @@ from service.preprocess import ImageOptions, open_image
 from service.problems import ApiProblem
 from service.runtime import ModelRuntime
 from service.settings import Settings
+from service.uploads import INLINE_MAX_MULTIPART_BYTES
 from tests.service.service_helpers import install, metric
-from tests.service.service_samples import PNG, digit_png, gray_array_png, photo_png
+from tests.service.service_samples import PNG, digit_png, gray_array_png, multipart, photo_png
 
 
 class Recorder:
@@ -221,6 +222,34 @@ def test_batching_on_and_off_answer_the_same_bytes(
         assert on.content == off.content, path
     assert metric(batched, "vae_inference_batch_size_count") == 3
     assert metric(unbatched, "vae_inference_batch_size_count") == 0
+
+
+def test_a_small_multipart_batch_joins_the_inference_thread(
+    two_clients: tuple[TestClient, TestClient],
+) -> None:
+    batched, unbatched = two_clients
+    small, small_type = multipart([digit_png(), digit_png()])
+    assert len(small) <= INLINE_MAX_MULTIPART_BYTES
+    # Past the inline size (here by a text field, which is not an image), the body is parsed
+    # in the job, on a worker thread.
+    large = small.replace(
+        b"--testboundary--", text_part(INLINE_MAX_MULTIPART_BYTES) + b"--testboundary--"
+    )
+    for body in (small, large):
+        on = batched.post("/v1/reconstruct", content=body, headers={"content-type": small_type})
+        off = unbatched.post("/v1/reconstruct", content=body, headers={"content-type": small_type})
+        assert on.status_code == off.status_code == 200
+        assert on.content == off.content
+    assert metric(batched, "vae_inference_batch_size_count") == 1  # the small body only
+    assert metric(batched, "vae_inference_duration_seconds_count", operation="reconstruct") == 2
+
+
+def text_part(size: int) -> bytes:
+    return (
+        b'--testboundary\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+        + b"x" * size
+        + b"\r\n"
+    )
 
 
 def image_job(runtime: ModelRuntime, data: list[bytes], latent: bool = True) -> ModelJob[Pass]:
