@@ -2,11 +2,13 @@
 
 For every HTTP request it takes the model snapshot the request will see and names it in
 X-Model-Version, counts and times the request, refuses /v1 requests past the in-flight limit
-(503 + Retry-After), and enforces the body limit from Content-Length and while streaming.
+(503 + Retry-After), enforces the body limit from Content-Length and while streaming, and
+answers 408 when the body has not all arrived within the body timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -53,7 +55,7 @@ class ServiceMiddleware:
                 return
             self.limited_in_flight += limited
             try:
-                await self.app(scope, self._limit_body(receive), send_with_header)
+                await self.app(scope, self._limit_body(receive, start), send_with_header)
             finally:
                 self.limited_in_flight -= limited
         finally:
@@ -78,18 +80,29 @@ class ServiceMiddleware:
             return body_too_large(settings.max_body_bytes)
         return None
 
-    def _limit_body(self, receive: Receive) -> Receive:
-        """Count body bytes as they arrive (a chunked body has no Content-Length)."""
-        limit = self.services.settings.max_body_bytes
+    def _limit_body(self, receive: Receive, start: float) -> Receive:
+        """Count body bytes as they arrive (a chunked body has no Content-Length), and give
+        the whole body until `start` + the body timeout to arrive."""
+        settings = self.services.settings
+        limit, timeout_s = settings.max_body_bytes, settings.body_timeout_s
         received = 0
+        complete = False
 
         async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # later receives wait for a disconnect: no deadline on those
+                return await receive()
+            remaining = start + timeout_s - time.perf_counter()
+            try:
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                raise body_timed_out(timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise body_too_large(limit)
+                complete = not message.get("more_body", False)
             return message
 
         return receive_limited
@@ -102,6 +115,17 @@ def body_too_large(limit: int) -> ApiProblem:
         f"the request body is larger than {limit} bytes",
         title="Request body too large",
         field="body",
+    )
+
+
+def body_timed_out(timeout_s: float) -> ApiProblem:
+    return ApiProblem(
+        408,
+        "body-timeout",
+        f"the request body did not arrive within {timeout_s:g} s",
+        title="Request body timeout",
+        field="body",
+        headers={"Connection": "close"},  # the rest of the body may still be on its way
     )
 
 

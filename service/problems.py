@@ -178,6 +178,7 @@ def install_handlers(app: FastAPI) -> None:
 
 STATUS_DESCRIPTIONS = {
     400: "Malformed request.",
+    408: "The body did not arrive within `VAE_BODY_TIMEOUT_S` of the request's start.",
     413: "The body is larger than `VAE_MAX_BODY_BYTES` (also when sent chunked).",
     415: "The Content-Type is not one this operation accepts.",
     422: "Invalid input: the problem names the field and what was expected.",

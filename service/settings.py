@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     )
     poll_interval_s: float = Field(default=2.0, ge=0.01, le=3600, description="Poll period.")
     max_body_bytes: int = Field(default=5 * 2**20, ge=1024, description="Body limit (413).")
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds from a request's start for its whole body to arrive (408): a "
+        "client that sends its body slowly, or never finishes it, gives its slot back.",
+    )
     max_image_pixels: int = Field(
         default=4096 * 4096, ge=28 * 28, description="Largest width x height decoded (422)."
     )

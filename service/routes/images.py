@@ -34,7 +34,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.uploads import read_upload
 
-ERRORS = problem_responses(413, 415, 422, 503)
+ERRORS = problem_responses(408, 413, 415, 422, 503)
 DEFAULT_SCORE_K = 100
 
 

@@ -34,7 +34,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.uploads import JSON, MULTIPART, media_type, read_json, read_upload, unsupported
 
-ERRORS = problem_responses(413, 415, 422, 503)
+ERRORS = problem_responses(408, 413, 415, 422, 503)
 DEFAULT_STEPS = 8
 DEFAULT_N = 16
 MAX_TEMPERATURE = 10.0
@@ -61,7 +61,7 @@ def _add_decode(api: APIRouter, settings: Settings) -> None:
                 ImagesResponse,
                 "A PNG (a grid for several z), or JSON with `Accept: application/json`.",
             ),
-            **problem_responses(413, 415, 422, 503),
+            **problem_responses(408, 413, 415, 422, 503),
         },
         openapi_extra={
             **_decode_body_doc(settings.max_batch),

@@ -5,6 +5,7 @@ Requests are held in flight by sending their headers and only part of the body.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -70,24 +71,33 @@ def finish(sock: socket.socket) -> bytes:
     return reply
 
 
-@pytest.fixture
-def server(
-    repo: Path, published: dict[str, Path], make_settings: Callable[..., Settings]
-) -> Iterator[int]:
-    """uvicorn in a thread with max_in_flight=2; yields the port."""
-    install(repo, published["a"], 1)
-    config = server_config(make_settings(max_in_flight=2, retry_after_s=3, log_level="warning"))
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[int]:
+    """uvicorn, configured as `vae-serve` configures it, in a thread; yields the port."""
+    config = server_config(settings)
     assert (config.loop, config.http) == ("uvloop", "httptools")
     server = uvicorn.Server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
     thread.start()
-    wait_for(lambda: server.started, what="uvicorn to start")
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    try:
+        wait_for(lambda: server.started, what="uvicorn to start")
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture
+def server(
+    repo: Path, published: dict[str, Path], make_settings: Callable[..., Settings]
+) -> Iterator[int]:
+    """The real server with max_in_flight=2."""
+    install(repo, published["a"], 1)
+    with serving(make_settings(max_in_flight=2, retry_after_s=3, log_level="warning")) as port:
+        yield port
 
 
 def test_past_the_in_flight_limit_503_with_retry_after_and_healthz_still_answers(
@@ -106,6 +116,32 @@ def test_past_the_in_flight_limit_503_with_retry_after_and_healthz_still_answers
     assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)
     assert all(b"x-model-version: 1" in reply.lower() for reply in replies)
     assert get(server, "/v1/sample?n=1")[0] == 200
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_slot(
+    repo: Path, published: dict[str, Path], make_settings: Callable[..., Settings]
+) -> None:
+    install(repo, published["a"], 1)
+    settings = make_settings(max_in_flight=1, body_timeout_s=0.5, log_level="warning")
+    with serving(settings) as port:
+        stalled = hold_request(port)  # 10 bytes of the body, then nothing
+        started = time.monotonic()
+        reply = b""
+        while chunk := stalled.recv(65536):  # the server answers, then closes
+            reply += chunk
+        waited = time.monotonic() - started
+        stalled.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), reply
+        assert b"content-type: application/problem+json" in head.lower()
+        assert b"connection: close" in head.lower()
+        assert b"did not arrive within 0.5 s" in body and b'"field":"body"' in body
+        assert 0.4 < waited < 5
+        assert in_flight(port) == 1  # only the /metrics request itself: the slot is free
+        # A body that arrives in time, in pieces, is answered as usual.
+        slow_but_in_time = hold_request(port)
+        time.sleep(0.1)
+        assert finish(slow_but_in_time).startswith(b"HTTP/1.1 200")
 
 
 def test_sigterm_lets_accepted_requests_complete(
