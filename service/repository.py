@@ -16,7 +16,10 @@ from service.manifest import MANIFEST_FILE, ManifestError, read_manifest
 from service.runtime import ModelLoadError, ModelRuntime, Source
 
 MODEL_NAME = "vae"
-VersionStatus = Literal["serving", "available", "rejected", "incomplete"]
+# serving; available: validated by this process, not served now; unvalidated: complete but
+# never examined (a newer version was served first), so it may yet be rejected; rejected;
+# incomplete: no manifest.json yet.
+VersionStatus = Literal["serving", "available", "unvalidated", "rejected", "incomplete"]
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ class ModelRepository:
         self.source: Source = source
         self.threads = threads
         self._rejected: dict[int, tuple[Fingerprint, str]] = {}
+        self._validated: dict[int, Fingerprint] = {}
 
     def scan(self) -> list[VersionEntry]:
         """Version directories (digits only) under `root/vae`, highest first; [] if missing."""
@@ -105,13 +109,18 @@ class ModelRepository:
             status = "incomplete"
         elif reason is not None:
             status = "rejected"
+        elif entry.version == serving:
+            status = "serving"
+        elif self._validated.get(entry.version) == entry.fingerprint:
+            status = "available"
         else:
-            status = "serving" if entry.version == serving else "available"
+            status = "unvalidated"
         return VersionRecord(entry.version, self.source, status, reason)
 
     def _load(self, entry: VersionEntry) -> ModelRuntime:
         manifest = read_manifest(entry.path)
         runtime = ModelRuntime.load(entry.path, manifest, threads=self.threads, source=self.source)
+        self._validated[entry.version] = entry.fingerprint
         log.info("validated %s version %d at %s", self.source, entry.version, entry.path)
         return runtime
 

@@ -156,7 +156,11 @@ class ScoreResponse(BaseModel):
 class VersionInfo(BaseModel):
     version: int
     source: Source
-    status: VersionStatus
+    status: VersionStatus = Field(
+        description="`serving`; `available`: validated by this process, not served now; "
+        "`unvalidated`: complete but never examined (a newer version was served first), so it "
+        "may still be rejected; `rejected` (see `reason`); `incomplete`: no manifest.json yet."
+    )
     reason: str | None = None
 
 

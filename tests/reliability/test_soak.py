@@ -22,10 +22,10 @@ def test_short_soak_loses_nothing_and_serves_only_valid_versions(tmp_path: Path)
     assert len(seen) >= 3, f"too few swaps observed: {seen}"
     statuses = {v["version"]: v["status"] for v in report.models["versions"]}
     # A broken version is rejected when a poll examines it; when a newer valid version arrived
-    # before any poll did, it is never examined, and listed as merely complete ("available").
+    # before any poll did, it is never examined, and listed as "unvalidated".
     truncated, wrong_sha, no_manifest = sorted(report.broken)
-    assert statuses[truncated] in ("rejected", "available")
-    assert statuses[wrong_sha] in ("rejected", "available")
+    assert statuses[truncated] in ("rejected", "unvalidated")
+    assert statuses[wrong_sha] in ("rejected", "unvalidated")
     assert statuses[no_manifest] == "incomplete"
     assert statuses[report.published[-1]] == "serving"
     assert max(report.healthz_s) < 5, "/healthz stalled under load"
