@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from service import __version__
+from service.deadlines import BodyDeadlines
 from service.deps import Services
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
@@ -64,20 +65,26 @@ class ServiceApp(FastAPI):
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the best model before serving; poll the repository until shutdown."""
+    """Load the best model before serving; poll the repository and sweep the request bodies
+    past their deadline until shutdown."""
     services: Services = app.state.services
     watcher = Watcher(services.settings, services.holder, services.metrics)
     await watcher.refresh()
     log.info("%s", services.holder.snapshot.detail)
-    task = asyncio.create_task(watcher.run(), name="model-repository-watcher")
+    tasks = [
+        asyncio.create_task(watcher.run(), name="model-repository-watcher"),
+        asyncio.create_task(services.deadlines.run(), name="request-body-deadlines"),
+    ]
     services.executor.start()
     try:
         yield
     finally:
         services.executor.close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -90,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batch_max_size=settings.batch_max_size,
         batch_max_delay_s=settings.batch_max_delay_ms / 1000,
     )
-    services = Services(settings, ModelHolder(), metrics, executor)
+    deadlines = BodyDeadlines(settings.body_timeout_s)
+    services = Services(settings, ModelHolder(), metrics, executor, deadlines)
     app = ServiceApp(
         services,
         title="vae-mnist",

@@ -10,6 +10,7 @@ from typing import Annotated, Generic
 import numpy as np
 from fastapi import Depends, Request
 
+from service.deadlines import BodyDeadlines
 from service.metrics import Metrics
 from service.offload import Executor
 from service.problems import ApiProblem
@@ -31,6 +32,7 @@ class Services:
     holder: ModelHolder
     metrics: Metrics
     executor: Executor
+    deadlines: BodyDeadlines
 
 
 @dataclass(frozen=True)

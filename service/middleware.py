@@ -8,7 +8,6 @@ answers 408 when the body has not all arrived within the body timeout.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,8 +82,7 @@ class ServiceMiddleware:
     def _limit_body(self, receive: Receive, start: float) -> Receive:
         """Count body bytes as they arrive (a chunked body has no Content-Length), and give
         the whole body until `start` + the body timeout to arrive."""
-        settings = self.services.settings
-        limit, timeout_s = settings.max_body_bytes, settings.body_timeout_s
+        limit, deadlines = self.services.settings.max_body_bytes, self.services.deadlines
         received = 0
         complete = False
 
@@ -92,12 +90,7 @@ class ServiceMiddleware:
             nonlocal received, complete
             if complete:  # later receives wait for a disconnect: no deadline on those
                 return await receive()
-            remaining = start + timeout_s - time.perf_counter()
-            try:
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    message = await receive()
-            except TimeoutError:
-                raise body_timed_out(timeout_s) from None
+            message = await deadlines.receive(receive, start)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -115,17 +108,6 @@ def body_too_large(limit: int) -> ApiProblem:
         f"the request body is larger than {limit} bytes",
         title="Request body too large",
         field="body",
-    )
-
-
-def body_timed_out(timeout_s: float) -> ApiProblem:
-    return ApiProblem(
-        408,
-        "body-timeout",
-        f"the request body did not arrive within {timeout_s:g} s",
-        title="Request body timeout",
-        field="body",
-        headers={"Connection": "close"},  # the rest of the body may still be on its way
     )
 
 
