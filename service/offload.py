@@ -25,7 +25,14 @@ import numpy as np
 from service.batcher import MicroBatcher
 from service.latent import Array
 from service.metrics import Metrics
-from service.preprocess import ImageOptions, OpenedImage, input_rows, model_inputs, stack_rows
+from service.preprocess import (
+    ImageOptions,
+    OpenedImage,
+    input_rows,
+    model_inputs,
+    stack_or_problem,
+)
+from service.problems import ApiProblem
 from service.runtime import ModelRuntime
 
 T = TypeVar("T")
@@ -158,12 +165,11 @@ def _inputs(jobs: Sequence[ModelJob[R]], failed: dict[int, R | Exception]) -> di
         failed.update((i, exc) for i, _, _ in images)
         return inputs
     for i, opened, _ in images:
-        mine = [next(rows) for _ in opened]
-        arrays = [row for row in mine if isinstance(row, np.ndarray)]
-        if len(arrays) == len(mine):
-            inputs[i] = stack_rows(arrays)
-        else:  # as one image's problem fails its request
-            failed[i] = next(row for row in mine if isinstance(row, Exception))
+        x = stack_or_problem([next(rows) for _ in opened])
+        if isinstance(x, ApiProblem):
+            failed[i] = x
+        else:
+            inputs[i] = x
     return inputs
 
 

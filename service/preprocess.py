@@ -82,16 +82,19 @@ def model_input(opened: OpenedImage, options: ImageOptions) -> Array:
 
 def input_rows(images: Sequence[OpenedImage], options: ImageOptions) -> Array:
     """`model_inputs` of images sharing `options` as [B, D]; the first problem is raised."""
-    rows = model_inputs([(image, options) for image in images])
-    for row in rows:
-        if isinstance(row, ApiProblem):
-            raise row
-    return stack_rows(cast(list[Array], rows))
+    x = stack_or_problem(model_inputs([(image, options) for image in images]))
+    if isinstance(x, ApiProblem):
+        raise x
+    return x
 
 
-def stack_rows(rows: list[Array]) -> Array:
-    """[D] rows -> [B, D] (one row without np.stack's checks, a few us at batch 1)."""
-    return rows[0][None] if len(rows) == 1 else np.stack(rows)
+def stack_or_problem(rows: Sequence[Array | ApiProblem]) -> Array | ApiProblem:
+    """One request's `model_inputs` -> [B, D], or the first image's problem (which fails the
+    request). One row skips np.stack's checks, a few us at batch 1."""
+    arrays = [row for row in rows if isinstance(row, np.ndarray)]
+    if len(arrays) < len(rows):
+        return next(row for row in rows if isinstance(row, ApiProblem))
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def model_inputs(images: Sequence[tuple[OpenedImage, ImageOptions]]) -> list[Array | ApiProblem]:
