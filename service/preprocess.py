@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from service import png
 from service.latent import Array
 from service.problems import ApiProblem, invalid
 
@@ -45,20 +46,31 @@ class OpenedImage:
     """An image whose header was read and checked; its pixels are not decoded yet."""
 
     field: str
-    image: Image.Image
+    source: Image.Image | png.PlainPng  # PIL's image (it decodes on load), or a plain PNG
 
     @property
     def pixels(self) -> int:
-        return self.image.width * self.image.height
+        return self.source.width * self.source.height
+
+    def image(self) -> Image.Image:
+        """PIL's image; a plain PNG is decoded now."""
+        source = self.source
+        return source if isinstance(source, Image.Image) else png.decode(source)
 
 
 def open_image(data: bytes, field: str, max_pixels: int) -> OpenedImage:
     """Read the header only: the format must be allowed and the size within `max_pixels`.
 
-    Checking width x height before decoding turns a decompression bomb into a 422.
+    Checking width x height before decoding turns a decompression bomb into a 422. A plain
+    PNG, the common case, is read by service.png; any other image by PIL.
     """
     if not data:
         raise invalid(field, "empty; expected an image (PNG, JPEG, WebP, BMP or GIF)", code="empty")
+    plain = png.read_plain(data)
+    if plain is not None:
+        if plain.width * plain.height > max_pixels:
+            raise _too_large(field, max_pixels, (plain.width, plain.height))
+        return OpenedImage(field, plain)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -167,8 +179,8 @@ def _pixels(opened: OpenedImage) -> np.ndarray:
     Transparency is flattened onto a background that contrasts with the visible ink (a canvas
     drawing is ink on a transparent background); 16-bit images keep their full range.
     """
-    image = opened.image
     try:
+        image = opened.image()
         image.load()
         if image.mode in _WIDE_MODES:
             return _wide_gray(np.asarray(image), image.mode)
