@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 FULL: dict[str, list[str]] = {
     "train_speed": ["--iterations", "2000", "--trials", "5"],
     "model_speed": [],
-    "http_speed": [],
+    "http_speed": ["--fresh"],
     "threading_model": [],
     "gc_effect": [],
     "startup_memory": [],
