@@ -62,7 +62,8 @@ def read_plain(data: bytes) -> PlainPng | None:
     mode = MODES.get(colour)
     if mode is None or depth != 8 or compression or filtering or interlace:
         return None
-    if not 0 < width * height <= Image.MAX_IMAGE_PIXELS:  # PIL's checks and errors apply
+    limit = Image.MAX_IMAGE_PIXELS  # beyond it (None: no limit), PIL's checks and errors apply
+    if width * height == 0 or (limit is not None and width * height > limit):
         return None
     chunks = [(len(PNG_SIGNATURE) + 4, _FIRST_CHUNK - 4)]
     first = stop = 0  # the IDAT run

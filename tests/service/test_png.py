@@ -164,11 +164,25 @@ def two_idat_runs() -> bytes:
 
 
 LEFT_TO_PIL["two runs of IDAT"] = two_idat_runs()
+LEFT_TO_PIL["zero width"] = (
+    SIGNATURE
+    + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 28, 8, 0, 0, 0, 0))
+    + png_chunk(b"IDAT", zlib.compress(bytes(28)))
+    + png_chunk(b"IEND", b"")
+)
 
 
 @pytest.mark.parametrize("case", list(LEFT_TO_PIL))
 def test_other_pngs_are_left_to_pil(case: str) -> None:
     assert png.read_plain(LEFT_TO_PIL[case]) is None
+
+
+def test_pils_pixel_limit_is_pils_to_enforce(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_png(PIXELS, "L", [0])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 - 1)
+    assert png.read_plain(data) is None
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # PIL's way of lifting its limit
+    assert png.read_plain(data) is not None
 
 
 def test_pngs_left_to_pil_still_decode() -> None:
