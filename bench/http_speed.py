@@ -12,7 +12,7 @@ req/s over the mean of the trivial runs just before and after it, on the same se
 CPU per request comes from /proc/<pid>/stat around each wrk run.
 
 A server process keeps its speed for its whole life, and here two processes running the same
-code have differed by up to 20% (docs/benchmarks.md). With `--fresh` every round starts new
+code have differed by 23% (docs/benchmarks.md). With `--fresh` every round starts new
 server processes, so that the medians are over processes as well as over time.
 
 With `--tree DIR` a second server runs the `service/` package of DIR (say, the last commit:
