@@ -38,18 +38,20 @@ class Upload:
     opened: list[OpenedImage] | None
     body: bytes
     content_type: str
+    max_batch: int  # the limits it was read with, which parsing the body later applies too
+    max_pixels: int
 
     @property
     def pixels(self) -> int | None:
         """Source pixels to decode; None until a multipart body is parsed."""
         return None if self.opened is None else sum(i.pixels for i in self.opened)
 
-    def images(self, max_batch: int, max_pixels: int) -> list[OpenedImage]:
+    def images(self) -> list[OpenedImage]:
         """The opened images; a multipart body not parsed yet is parsed now (blocking work:
         call it in the job)."""
         if self.opened is not None:
             return self.opened
-        return open_files(self.body, self.content_type, max_batch, max_pixels)
+        return open_files(self.body, self.content_type, self.max_batch, self.max_pixels)
 
 
 def media_type(request: Request) -> str:
@@ -66,10 +68,12 @@ async def read_upload(request: Request, max_batch: int, max_pixels: int) -> Uplo
     body = await request.body()
     content_type = request.headers.get("content-type", "")
     if media != MULTIPART:
-        return Upload([open_image(body, "body", max_pixels)], body, content_type)
-    if len(body) <= INLINE_MAX_MULTIPART_BYTES:
-        return Upload(open_files(body, content_type, max_batch, max_pixels), body, content_type)
-    return Upload(None, body, content_type)
+        opened = [open_image(body, "body", max_pixels)]
+    elif len(body) <= INLINE_MAX_MULTIPART_BYTES:
+        opened = open_files(body, content_type, max_batch, max_pixels)
+    else:
+        opened = None
+    return Upload(opened, body, content_type, max_batch, max_pixels)
 
 
 def open_files(

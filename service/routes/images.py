@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: the parameter types close over `settings`.
 """
 
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -105,9 +104,7 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
             return png_response(result.probs, options.shape, scale, headers=_seed_header(used_seed))
 
         # mean_latent (z = mu) lets the job take the fused reconstruct graph when there is one
-        inputs = ImageInputs(
-            partial(upload.images, settings.max_batch, settings.max_image_pixels), options
-        )
+        inputs = ImageInputs(upload.images, options)
         job = ModelJob(runtime, inputs, mean_latent if mode == "mean" else sampled, respond)
         return await services.executor.run_model("reconstruct", Cost(upload.pixels, 2), job)
 
@@ -152,9 +149,7 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
                 )
             )
 
-        inputs = ImageInputs(
-            partial(upload.images, settings.max_batch, settings.max_image_pixels), options
-        )
+        inputs = ImageInputs(upload.images, options)
         job = ModelJob(runtime, inputs, None, respond)
         return await services.executor.run_model("encode", Cost(upload.pixels, 1), job)
 
@@ -190,7 +185,7 @@ def _add_score(api: APIRouter, settings: Settings) -> None:
         used_seed = new_seed(query.seed)
 
         def job() -> Response:
-            x = input_rows(upload.images(settings.max_batch, settings.max_image_pixels), options)
+            x = input_rows(upload.images(), options)
             s = runtime.score(x, k, rng_for(used_seed))
             scores = [
                 ImageScore(

@@ -203,7 +203,7 @@ def _add_interpolate(api: APIRouter, settings: Settings) -> None:
             if upload is None:
                 ends = latent_rows(ends_json or [], runtime.manifest.latent_dim)
             else:
-                images = _two(upload.images(2, settings.max_image_pixels))
+                images = _two(upload.images())
                 ends = runtime.encode(input_rows(images, options))[0]
             z = interpolate(ends[0], ends[1], steps, method)
             probs = runtime.decode(z)
