@@ -87,7 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await task
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ServiceApp:
     """The service app; the model is loaded by its lifespan, not here."""
     settings = settings or Settings()
     metrics = Metrics()

@@ -13,22 +13,37 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import Settings
+from service.transport import ConnectionGuard, ConnectionLimits, protocol_class
 
 GC_THRESHOLDS = (50_000, 50, 50)  # the defaults are (700, 10, 10): allocations, then sweeps
 
 
 def server_config(settings: Settings) -> uvicorn.Config:
     """The uvicorn configuration `vae-serve` runs (tests run the same one)."""
+    app = create_app(settings)
+    guard = ConnectionGuard(connection_limits(settings), app.services.metrics)
     return uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(guard),
         lifespan="on",
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
         server_header=False,
+    )
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        send_timeout_s=settings.send_timeout_s,
+        max_stalled_bytes=settings.max_stalled_bytes,
+        retry_after_s=settings.retry_after_s,
     )
 
 

@@ -57,6 +57,15 @@ class Metrics:
         self.in_flight = Gauge(
             "vae_http_requests_in_flight", "HTTP requests being served now.", registry=r
         )
+        self.connections = Gauge(
+            "vae_http_connections", "Open client connections (VAE_MAX_CONNECTIONS).", registry=r
+        )
+        self.connections_cut = Counter(
+            "vae_http_connections_cut",
+            "Connections refused or closed by a connection limit, by the limit.",
+            ["reason"],
+            registry=r,
+        )
         self._inference_children: dict[str, Any] = {}
         self.inference_seconds = Histogram(
             "vae_inference_duration_seconds",

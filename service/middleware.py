@@ -4,6 +4,10 @@ For every HTTP request it takes the model snapshot the request will see and name
 X-Model-Version, counts and times the request, refuses /v1 requests past the in-flight limit
 (503 + Retry-After), enforces the body limit from Content-Length and while streaming, and
 answers 408 when the body has not all arrived within the body timeout.
+
+The in-flight limit counts work, not transport: a request holds its slot until its response
+starts. Sending is bounded by the connection guards (service.transport: the send timeout), so
+a client that never reads cannot keep slots from others.
 """
 
 from __future__ import annotations
@@ -37,14 +41,19 @@ class ServiceMiddleware:
         status = 500  # what a request that dies before answering counts as
         start = time.perf_counter()
 
+        limited = scope["path"].startswith(LIMITED_PREFIX)
+        working = False  # holds one of the limited in-flight slots
+
         async def send_with_header(message: Message) -> None:
-            nonlocal status
+            nonlocal status, working
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
+                if working:  # the work is done: sending it is the transport's (send timeout)
+                    working = False
+                    self.limited_in_flight -= 1
             await send(message)
 
-        limited = scope["path"].startswith(LIMITED_PREFIX)
         metrics = self.services.metrics
         metrics.in_flight.inc()
         try:
@@ -52,11 +61,13 @@ class ServiceMiddleware:
             if refusal is not None:
                 await refusal.response()(scope, receive, send_with_header)
                 return
+            working = limited
             self.limited_in_flight += limited
             try:
                 await self.app(scope, self._limit_body(receive, start), send_with_header)
             finally:
-                self.limited_in_flight -= limited
+                if working:
+                    self.limited_in_flight -= 1
         finally:
             metrics.in_flight.dec()
             elapsed = time.perf_counter() - start

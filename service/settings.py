@@ -41,12 +41,45 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=4096 * 4096, ge=28 * 28, description="Largest width x height decoded (422)."
     )
+    max_request_pixels: int = Field(
+        default=2 * 4096 * 4096,
+        ge=28 * 28,
+        description="Most width x height of all the images of one request together, checked "
+        "from their headers before any is decoded (422).",
+    )
     max_batch: int = Field(default=64, ge=1, le=4096, description="Images or z per request.")
     max_sample_n: int = Field(default=256, ge=1, le=4096, description="Largest n of /v1/sample.")
     max_score_k: int = Field(default=1000, ge=1, le=100_000, description="Largest IWAE k.")
     max_interpolate_steps: int = Field(default=64, ge=2, le=1024, description="Largest steps.")
     max_in_flight: int = Field(default=64, ge=1, description="Concurrent /v1 requests (503).")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After of that 503.")
+    max_connections: int = Field(
+        default=512, ge=1, description="Open connections; past it, 503 and the connection closed."
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds for a request's head (request line and headers) to arrive, from "
+        "its first byte or the connection's opening (408, connection closed).",
+    )
+    max_url_bytes: int = Field(default=8192, ge=256, description="Longest URL (414).")
+    max_header_bytes: int = Field(
+        default=16384, ge=1024, description="Largest request headers, all together (431)."
+    )
+    send_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Seconds a response may wait for a client that takes none of it before the "
+        "connection is aborted.",
+    )
+    max_stalled_bytes: int = Field(
+        default=256 * 2**20,
+        ge=2**20,
+        description="Response bytes that clients are not taking, held in all; past it, the "
+        "longest-stalled connections are aborted.",
+    )
     ort_intra_op_threads: int = Field(default=1, ge=1, le=256, description="Per ORT session.")
     inference_threads: int = Field(
         default=2, ge=1, le=256, description="Threads for large jobs off the event loop."

@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,10 +32,14 @@ class Server:
 
     def in_flight(self) -> float:
         """The vae_http_requests_in_flight gauge (the /metrics request itself included)."""
+        return self.metric("vae_http_requests_in_flight")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sample `name` with these labels (0 when absent) from /metrics."""
         text = self.get("/metrics")[2].decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "vae_http_requests_in_flight":
+                if sample.name == name and labels.items() <= sample.labels.items():
                     return sample.value
         return 0.0
 
@@ -117,3 +122,39 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
         body += chunk
     sock.close()
     return int(lines[0].split()[1]), body
+
+
+class HealthProbe:
+    """Probes /healthz every 50 ms on fresh connections while in use: the worst latency seen
+    is how long the event loop stalled (within the probe's own resolution)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies, default=0.0)
+
+    def _probe(self) -> None:
+        while not self._stop.wait(0.05):
+            start = time.monotonic()
+            try:
+                status = request(self.port, "GET", "/healthz", timeout=30)[0]
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                continue
+            self.latencies.append(time.monotonic() - start)
+            if status != 200:
+                self.failures.append(f"status {status}")
