@@ -41,7 +41,7 @@ from harness import digit_png, machine
 from onnx import numpy_helper
 from PIL import Image
 
-from service import imaging, preprocess
+from service import decoding, imaging, preprocess
 from service.latent import Array
 from service.manifest import read_manifest
 from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
@@ -185,7 +185,7 @@ def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
     data = digit_png()
     mnist = preprocess.ImageOptions("mnist", True, 0.5, (28, 28))
     none = preprocess.ImageOptions("none", True, 0.5, (28, 28))
-    opened = preprocess.open_image(data, "body", 2**24)
+    opened = decoding.open_image(data, "body", 2**24)
     gray = preprocess.decode_gray(opened)
     pixels = np.asarray(Image.open(io.BytesIO(data)))
 
@@ -195,12 +195,12 @@ def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
         return buffer.getvalue()
 
     def decode() -> object:
-        return preprocess.decode_gray(preprocess.open_image(data, "body", 2**24))
+        return preprocess.decode_gray(decoding.open_image(data, "body", 2**24))
 
     def together(options: preprocess.ImageOptions) -> object:
         """16 images preprocessed in one call, as the inference thread does under load."""
         return preprocess.model_inputs(
-            [(preprocess.open_image(data, "body", 2**24), options) for _ in range(BATCH)]
+            [(decoding.open_image(data, "body", 2**24), options) for _ in range(BATCH)]
         )
 
     times = alternate(
@@ -210,10 +210,10 @@ def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
                 gray, (28, 28), "body"
             ),
             "decode + preprocess=mnist + binarize": lambda: preprocess.model_input(
-                preprocess.open_image(data, "body", 2**24), mnist
+                decoding.open_image(data, "body", 2**24), mnist
             ),
             "decode + preprocess=none + binarize": lambda: preprocess.model_input(
-                preprocess.open_image(data, "body", 2**24), none
+                decoding.open_image(data, "body", 2**24), none
             ),
             f"decode + preprocess=mnist + binarize, {BATCH} together, per image": lambda: together(
                 mnist
@@ -245,7 +245,7 @@ def jobs(model_dir: Path, repeats: int, calls: int) -> list[str]:
     shape = served.manifest.image_shape
 
     def inputs() -> Array:
-        return preprocess.model_input(preprocess.open_image(data, "body", 2**24), options)[None]
+        return preprocess.model_input(decoding.open_image(data, "body", 2**24), options)[None]
 
     def reconstruct() -> object:
         def respond(result: Pass) -> object:

@@ -78,7 +78,7 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
     collector = _Collector(max_parts)
     try:
         parser = MultipartParser(boundary, _callbacks(collector))
-        parser.write(body)
+        parser.write(_without_preamble(body, boundary))
         parser.finalize()
     except ValueError as exc:  # FormParserError and bad boundaries are ValueErrors
         raise invalid(
@@ -89,6 +89,15 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
             "body", "malformed multipart/form-data: no closing boundary", code="bad_multipart"
         )
     return collector.parts
+
+
+def _without_preamble(body: bytes, boundary: bytes) -> bytes:
+    """The body from its first delimiter on: RFC 2046 lets text precede it (the preamble),
+    which the parser does not skip. A body without a delimiter is left for it to refuse."""
+    if body.startswith(b"--" + boundary):
+        return body
+    start = body.find(b"\r\n--" + boundary)
+    return body if start < 0 else body[start + 2 :]
 
 
 def _callbacks(c: _Collector) -> MultipartCallbacks:

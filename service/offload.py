@@ -23,11 +23,11 @@ import anyio
 import numpy as np
 
 from service.batcher import MicroBatcher
+from service.decoding import OpenedImage
 from service.latent import Array
 from service.metrics import Metrics
 from service.preprocess import (
     ImageOptions,
-    OpenedImage,
     input_rows,
     model_inputs,
     stack_or_problem,

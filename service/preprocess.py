@@ -1,4 +1,4 @@
-"""Image bytes -> the model's input: safe decoding and MNIST-style preprocessing.
+"""Gray pixels -> the model's input: MNIST-style preprocessing (decoding: service.decoding).
 
 MNIST was made from scanned digits by fitting the ink into a 20x20 box (keeping the aspect
 ratio, anti-aliased) and placing it in 28x28 so that its centre of mass is the centre
@@ -9,26 +9,23 @@ Arrays: gray [H, W] float32 in [0, 1] with 1 = white; model input [D] float32.
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from service import png
+from service.decoding import OpenedImage, decode
 from service.latent import Array
 from service.problems import ApiProblem, invalid
 
 Preprocess = Literal["mnist", "none"]
-FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 FIT_FRACTION = 20 / 28  # MNIST fits the ink in 20x20 of the 28x28 field
 INK_LEVEL = 0.2  # after contrast stretching, what counts as ink when cropping
 MIN_CONTRAST = 0.1  # ink and background closer than this: the image is blank
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+GROUP_MAX_PIXELS = 64 * 64  # larger images are preprocessed one by one, as decoded
 
 
 @dataclass(frozen=True)
@@ -39,51 +36,6 @@ class ImageOptions:
     binarize: bool
     threshold: float  # the manifest's binarize_threshold
     shape: tuple[int, int]  # the manifest's image_shape
-
-
-@dataclass(frozen=True)
-class OpenedImage:
-    """An image whose header was read and checked; its pixels are not decoded yet."""
-
-    field: str
-    source: Image.Image | png.PlainPng  # PIL's image (it decodes on load), or a plain PNG
-
-    @property
-    def pixels(self) -> int:
-        return self.source.width * self.source.height
-
-    def image(self) -> Image.Image:
-        """PIL's image; a plain PNG is decoded now."""
-        source = self.source
-        return source if isinstance(source, Image.Image) else png.decode(source)
-
-
-def open_image(data: bytes, field: str, max_pixels: int) -> OpenedImage:
-    """Read the header only: the format must be allowed and the size within `max_pixels`.
-
-    Checking width x height before decoding turns a decompression bomb into a 422. A plain
-    PNG, the common case, is read by service.png; any other image by PIL.
-    """
-    if not data:
-        raise invalid(field, "empty; expected an image (PNG, JPEG, WebP, BMP or GIF)", code="empty")
-    plain = png.read_plain(data)
-    if plain is not None:
-        if plain.width * plain.height > max_pixels:
-            raise _too_large(field, max_pixels, (plain.width, plain.height))
-        return OpenedImage(field, plain)
-    try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _too_large(field, max_pixels) from exc
-    except UnidentifiedImageError as exc:
-        raise _not_an_image(field) from exc
-    except Exception as exc:  # PIL raises many types on malformed headers
-        raise _corrupt(field, exc) from exc
-    if image.width * image.height > max_pixels:
-        raise _too_large(field, max_pixels, image.size)
-    if getattr(image, "is_animated", False):
-        raise invalid(field, "an animated image; send a single frame", code="animated_image")
-    return OpenedImage(field, image)
 
 
 def model_input(opened: OpenedImage, options: ImageOptions) -> Array:
@@ -113,18 +65,23 @@ def model_inputs(images: Sequence[tuple[OpenedImage, ImageOptions]]) -> list[Arr
     """Decode, preprocess and binarise images, each as its options say: [D] float32 each, or
     the problem with that image (which fails it alone).
 
-    Each image is decoded on its own; images of one size, pixel type and options are then
-    preprocessed together, each numpy call covering all of them. A call costs microseconds
-    whatever its size, and the inference thread takes ~16 images at a time under load
-    (docs/benchmarks.md). An image's result never depends on the others it goes with.
+    Each image is decoded on its own. Small ones (GROUP_MAX_PIXELS) of one size, pixel type
+    and options are then preprocessed together, each numpy call covering all of them: a call
+    costs microseconds whatever its size, and the inference thread takes ~16 images at a time
+    under load (docs/benchmarks.md). A larger image is preprocessed as soon as it is decoded,
+    so that only one large image's pixels are held at a time. An image's result never
+    depends on the others it goes with.
     """
     results: list[Array | ApiProblem | None] = [None] * len(images)
     groups: dict[tuple[tuple[int, ...], str, ImageOptions], list[tuple[int, np.ndarray]]] = {}
     for i, (opened, options) in enumerate(images):
         try:
-            pixels = _pixels(opened)
+            pixels = decode(opened)
         except ApiProblem as problem:
             results[i] = problem
+            continue
+        if pixels.size > GROUP_MAX_PIXELS:
+            results[i] = _group_inputs(_unit(pixels[None]), options, [opened.field])[0]
             continue
         groups.setdefault((pixels.shape, pixels.dtype.str, options), []).append((i, pixels))
     for (_, _, options), members in groups.items():
@@ -138,7 +95,7 @@ def model_inputs(images: Sequence[tuple[OpenedImage, ImageOptions]]) -> list[Arr
 
 def decode_gray(opened: OpenedImage) -> Array:
     """Decode all pixels to gray [H, W] in [0, 1]."""
-    return _unit(_pixels(opened))
+    return _unit(decode(opened))
 
 
 def mnist_like(gray: Array, shape: tuple[int, int], field: str) -> Array:
@@ -171,29 +128,6 @@ def _group_inputs(
     return [
         row if problem is None else problem for row, problem in zip(rows, problems, strict=True)
     ]
-
-
-def _pixels(opened: OpenedImage) -> np.ndarray:
-    """Decode all pixels: gray [H, W], uint8 for 8-bit images, else float32 in [0, 1].
-
-    Transparency is flattened onto a background that contrasts with the visible ink (a canvas
-    drawing is ink on a transparent background); 16-bit images keep their full range.
-    """
-    try:
-        image = opened.image()
-        image.load()
-        if image.mode in _WIDE_MODES:
-            return _wide_gray(np.asarray(image), image.mode)
-        if image.mode in _ALPHA_MODES or "transparency" in image.info:
-            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / np.float32(255.0)
-            gray = np.asarray(image.convert("RGBA").convert("L"), dtype=np.float32) / 255.0
-            return _flatten_alpha(gray.astype(np.float32), rgba[..., 3])
-        if image.mode != "L":  # converting an "L" image would only copy it
-            image = image.convert("L")
-        # np.asarray(image) goes through the same bytes and a Python-level interface dict
-        return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width)
-    except Exception as exc:  # truncated data, bad CRC, decoder errors of every kind
-        raise _corrupt(opened.field, exc) from exc
 
 
 def _unit(pixels: np.ndarray) -> Array:
@@ -328,42 +262,5 @@ def _moment_weights(box: int) -> npt.NDArray[np.float64]:
     return np.concatenate([positions, positions, np.ones(box)])
 
 
-def _wide_gray(values: np.ndarray, mode: str) -> Array:
-    """16-bit, 32-bit integer or float gray to [0, 1]."""
-    v = values.astype(np.float32)
-    if mode.startswith("I;16"):
-        top = 65535.0
-    else:  # "I" and "F" carry no declared range: infer it from the values
-        peak = float(v.max(initial=0.0))
-        top = 1.0 if mode == "F" and peak <= 1.0 else (255.0 if peak <= 255.0 else 65535.0)
-    return np.asarray(np.clip(v / np.float32(top), 0.0, 1.0), dtype=np.float32)
-
-
-def _flatten_alpha(gray: np.ndarray, alpha: Array) -> Array:
-    """Composite over white when the visible ink is dark, over black when it is light."""
-    weight = float(alpha.sum())
-    ink_level = float((gray * alpha).sum()) / weight if weight > 0 else 0.0
-    background = 1.0 if ink_level < 0.5 else 0.0
-    return np.asarray(alpha * gray + (1.0 - alpha) * background, dtype=np.float32)
-
-
 def _blank(field: str) -> ApiProblem:
     return invalid(field, "no ink found (the image is blank); send a digit", code="blank_image")
-
-
-def _too_large(field: str, max_pixels: int, size: tuple[int, int] | None = None) -> ApiProblem:
-    got = f"{size[0]}x{size[1]}" if size else "more"
-    return invalid(
-        field,
-        f"the image has {got} pixels; at most {max_pixels} (width x height)",
-        code="image_too_large",
-    )
-
-
-def _not_an_image(field: str) -> ApiProblem:
-    return invalid(field, "not an image; expected PNG, JPEG, WebP, BMP or GIF", code="not_an_image")
-
-
-def _corrupt(field: str, exc: Exception) -> ApiProblem:
-    reason = str(exc) or type(exc).__name__
-    return invalid(field, f"a corrupt or truncated image ({reason})", code="corrupt_image")

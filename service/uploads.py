@@ -13,8 +13,8 @@ import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from service.decoding import EncodedImage, OpenedImage, check_total, opened, read_header
 from service.multipart import parse_multipart
-from service.preprocess import OpenedImage, open_image
 from service.problems import ApiProblem, from_errors, invalid
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,27 +31,41 @@ INLINE_MAX_MULTIPART_BYTES = 4 * 1024
 
 
 @dataclass(frozen=True)
-class Upload:
-    """The images of one request: opened already (a raw body, a small multipart body) or
-    still multipart bytes."""
+class ImageLimits:
+    """How many images a request may carry, and how large, one by one and all together."""
 
-    opened: list[OpenedImage] | None
+    max_batch: int
+    max_pixels: int  # width x height of one image
+    max_request_pixels: int  # of all of them
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The images of one request: read as far as the event loop may (a raw body, or a small
+    multipart body: plain PNGs' headers), or still multipart bytes."""
+
+    read: list[OpenedImage | EncodedImage] | None
     body: bytes
     content_type: str
-    max_batch: int  # the limits it was read with, which parsing the body later applies too
-    max_pixels: int
+    limits: ImageLimits  # the limits it was read with, which parsing the body later applies too
 
     @property
     def pixels(self) -> int | None:
-        """Source pixels to decode; None until a multipart body is parsed."""
-        return None if self.opened is None else sum(i.pixels for i in self.opened)
+        """Source pixels to decode; None until every header has been read."""
+        if self.read is None or not all(isinstance(i, OpenedImage) for i in self.read):
+            return None
+        return sum(i.pixels for i in self.read if isinstance(i, OpenedImage))
 
     def images(self) -> list[OpenedImage]:
-        """The opened images; a multipart body not parsed yet is parsed now (blocking work:
-        call it in the job)."""
-        if self.opened is not None:
-            return self.opened
-        return open_files(self.body, self.content_type, self.max_batch, self.max_pixels)
+        """The images with their headers read and checked, the request's pixel budget
+        included (blocking work, for an image that is not a plain PNG or a multipart body
+        not parsed yet: call it in the job)."""
+        read = self.read
+        if read is None:
+            read = read_files(self.body, self.content_type, self.limits)
+        images = [opened(image, self.limits.max_pixels) for image in read]
+        check_total(images, self.limits.max_request_pixels, _images_field(images))
+        return images
 
 
 def media_type(request: Request) -> str:
@@ -59,44 +73,54 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_upload(request: Request, max_batch: int, max_pixels: int) -> Upload:
-    """Read the body; a single raw image, or a small multipart body, has its images' headers
-    checked at once (cheap)."""
+async def read_upload(request: Request, limits: ImageLimits) -> Upload:
+    """Read the body; a single raw image, or a small multipart body, has what headers the
+    event loop may read checked at once (cheap)."""
     media = media_type(request)
     if media not in (*RAW_TYPES, MULTIPART):
         raise unsupported(media, (*RAW_TYPES, MULTIPART))
     body = await request.body()
     content_type = request.headers.get("content-type", "")
+    read: list[OpenedImage | EncodedImage] | None = None
     if media != MULTIPART:
-        opened = [open_image(body, "body", max_pixels)]
+        read = [read_header(body, "body", limits.max_pixels)]
     elif len(body) <= INLINE_MAX_MULTIPART_BYTES:
-        opened = open_files(body, content_type, max_batch, max_pixels)
-    else:
-        opened = None
-    return Upload(opened, body, content_type, max_batch, max_pixels)
+        read = read_files(body, content_type, limits)
+    upload = Upload(read, body, content_type, limits)
+    if upload.pixels is not None:  # every header read: the budget can be checked now
+        headers = [i for i in read or () if isinstance(i, OpenedImage)]
+        check_total(headers, limits.max_request_pixels, _images_field(headers))
+    return upload
 
 
-def open_files(
-    body: bytes, content_type: str, max_batch: int, max_pixels: int
-) -> list[OpenedImage]:
-    """The parts of a multipart body that carry images: field 'files', or any file part."""
-    parts = parse_multipart(body, content_type, max_parts=4 * max_batch + 16)
+def read_files(
+    body: bytes, content_type: str, limits: ImageLimits
+) -> list[OpenedImage | EncodedImage]:
+    """The parts of a multipart body that carry images (field 'files', or any file part),
+    plain PNGs with their headers read."""
+    parts = parse_multipart(body, content_type, max_parts=4 * limits.max_batch + 16)
     files = [p for p in parts if p.name == FILES_FIELD or p.filename is not None]
     if not files:
         raise invalid(
             FILES_FIELD,
-            f"no file part; send 1..{max_batch} images as form field '{FILES_FIELD}'",
+            f"no file part; send 1..{limits.max_batch} images as form field '{FILES_FIELD}'",
             code="no_files",
         )
-    if len(files) > max_batch:
+    if len(files) > limits.max_batch:
         raise invalid(
             FILES_FIELD,
-            f"at most {max_batch} images per request, got {len(files)}",
+            f"at most {limits.max_batch} images per request, got {len(files)}",
             code="too_many_files",
         )
     return [
-        open_image(bytes(p.data), f"{FILES_FIELD}[{i}]", max_pixels) for i, p in enumerate(files)
+        read_header(bytes(p.data), f"{FILES_FIELD}[{i}]", limits.max_pixels)
+        for i, p in enumerate(files)
     ]
+
+
+def _images_field(images: list[OpenedImage]) -> str:
+    """Where a request's images are: the body, or the multipart field."""
+    return "body" if len(images) == 1 and images[0].field == "body" else FILES_FIELD
 
 
 async def read_json(request: Request, model: type[M]) -> M:

@@ -12,7 +12,8 @@ from service.preprocess import ImageOptions, Preprocess
 from service.problems import invalid
 from service.query import QueryModel
 from service.runtime import ModelRuntime
-from service.uploads import FILES_FIELD, IMAGE_TYPES, MULTIPART
+from service.settings import Settings
+from service.uploads import FILES_FIELD, IMAGE_TYPES, MULTIPART, ImageLimits
 
 PreprocessField = Annotated[
     Preprocess,
@@ -57,6 +58,15 @@ class ImageQuery(QueryModel):
 def image_options(runtime: ModelRuntime, preprocess: Preprocess, binarize: bool) -> ImageOptions:
     manifest = runtime.manifest
     return ImageOptions(preprocess, binarize, manifest.binarize_threshold, manifest.image_shape)
+
+
+def image_limits(settings: Settings, max_batch: int | None = None) -> ImageLimits:
+    """The image limits of a route (`max_batch` images, VAE_MAX_BATCH by default)."""
+    return ImageLimits(
+        max_batch=settings.max_batch if max_batch is None else max_batch,
+        max_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+    )
 
 
 def latent_rows(z: list[list[float]], latent_dim: int, field: str = "body.z") -> Array:

@@ -21,6 +21,7 @@ from service.routes.common import (
     ScaleField,
     SeedField,
     image_body_doc,
+    image_limits,
     image_options,
 )
 from service.runtime import ReconstructMode
@@ -79,7 +80,7 @@ def _add_reconstruct(api: APIRouter, settings: Settings) -> None:
         """
         services, runtime, output, query = call.services, call.runtime, call.output, call.query
         mode, scale = query.mode, query.scale
-        upload = await read_upload(request, settings.max_batch, settings.max_image_pixels)
+        upload = await read_upload(request, image_limits(settings))
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed) if mode == "sample" else None
 
@@ -130,7 +131,7 @@ def _add_encode(api: APIRouter, settings: Settings) -> None:
     ) -> Response:
         """Encode one image or a batch to the posterior's mu and logvar (and z if asked)."""
         services, runtime, query = call.services, call.runtime, call.query
-        upload = await read_upload(request, settings.max_batch, settings.max_image_pixels)
+        upload = await read_upload(request, image_limits(settings))
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed) if query.sample else None
 
@@ -180,7 +181,7 @@ def _add_score(api: APIRouter, settings: Settings) -> None:
         Higher means less like the training data. Figures are nats per image.
         """
         services, runtime, query, k = call.services, call.runtime, call.query, call.query.k
-        upload = await read_upload(request, settings.max_batch, settings.max_image_pixels)
+        upload = await read_upload(request, image_limits(settings))
         options = image_options(runtime, query.preprocess, query.binarize)
         used_seed = new_seed(query.seed)
 

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 from starlette.responses import Response
 
+from service.decoding import OpenedImage
 from service.deps import ModelCall, model_call, new_seed, rng_for
 from service.latent import InterpolationMethod, interpolate
 from service.offload import Cost
-from service.preprocess import OpenedImage, input_rows
+from service.preprocess import input_rows
 from service.problems import invalid, problem_responses
 from service.query import QueryModel, openapi_parameters
 from service.responses import image_response_doc, json_response, png_response
@@ -21,6 +22,7 @@ from service.routes.common import (
     ScaleField,
     SeedField,
     image_body_doc,
+    image_limits,
     image_options,
     latent_rows,
 )
@@ -196,7 +198,7 @@ def _add_interpolate(api: APIRouter, settings: Settings) -> None:
         if media == JSON:
             ends_json = (await read_json(request, InterpolateRequest)).z
         else:
-            upload = await read_upload(request, 2, settings.max_image_pixels)
+            upload = await read_upload(request, image_limits(settings, max_batch=2))
         options = image_options(runtime, query.preprocess, query.binarize)
 
         def job() -> Response:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import ExifTags, Image
 
 from tests.service import service_samples as samples
 
 PNG_BODY = {"content-type": "image/png"}
-AS_JSON = {**PNG_BODY, "accept": "application/json"}
+JSON_ACCEPT = {"accept": "application/json"}
+AS_JSON = {**PNG_BODY, **JSON_ACCEPT}
+JPEG_AS_JSON = {"content-type": "image/jpeg", **JSON_ACCEPT}
 
 
 def post_image(
@@ -183,3 +186,50 @@ def test_interpolate_two_z_json(client: TestClient, method: str) -> None:
         body["z"][2], ends[1], atol=1e-5
     )
     assert np.array(body["probs"]).shape == (3, 784)
+
+
+def _jpeg(image: Image.Image, orientation: int | None = None) -> bytes:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[ExifTags.Base.Orientation] = orientation
+    return samples.encode(image, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def test_exif_orientation_is_applied_before_preprocessing(client: TestClient) -> None:
+    """A phone photo stored sideways with Orientation=6 (display rotated 90 degrees clockwise)
+    is the upright digit to the model (before: 154 of 784 input pixels differed)."""
+    upright = samples.draw_seven(200, (60, 30, 150, 170), ink=0, paper=255)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+
+    def inputs(data: bytes) -> np.ndarray:
+        response = client.post("/v1/reconstruct", content=data, headers=JPEG_AS_JSON)
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["inputs"][0])
+
+    reference = inputs(_jpeg(upright))
+    assert np.sum(inputs(_jpeg(stored, orientation=6)) != reference) <= 8
+    assert np.sum(inputs(_jpeg(stored)) != reference) >= 50  # the control: sideways
+
+
+def test_a_multipart_preamble_and_epilogue_are_ignored(client: TestClient) -> None:
+    """RFC 2046 allows text before the first boundary and after the last."""
+    body, content_type = samples.multipart([samples.digit_png()])
+    body = b"This is a preamble.\r\n" + body + b"\r\nAn epilogue."
+    response = client.post(
+        "/v1/reconstruct", content=body, headers={"content-type": content_type, **JSON_ACCEPT}
+    )
+    assert response.status_code == 200, response.text
+    plain = post_image(client, "/v1/reconstruct", samples.digit_png(), accept_json=True).json()
+    assert response.json()["inputs"] == plain["inputs"]
+
+
+def test_a_large_photo_is_reduced_but_still_found(client: TestClient) -> None:
+    """A 3000x3000 page is reduced (by 3, to 1000x1000) before preprocessing; the digit comes
+    out as from the same page drawn at 1000x1000."""
+    big = samples.draw_seven(3000, (900, 450, 1800, 2100), ink=0, paper=255)
+    small = samples.draw_seven(1000, (300, 150, 600, 700), ink=0, paper=255)
+    rows = [
+        np.array(post_image(client, "/v1/reconstruct", samples.encode(page), True).json()["inputs"])
+        for page in (big, small)
+    ]
+    assert rows[0].sum() > 30 and np.sum(rows[0] != rows[1]) <= 20

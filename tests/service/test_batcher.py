@@ -13,10 +13,11 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.batcher import BatcherClosedError, MicroBatcher
+from service.decoding import open_image
 from service.latent import Array, reparameterize
 from service.manifest import read_manifest
 from service.offload import ImageInputs, ModelJob, Pass, mean_latent, run_jobs, run_one
-from service.preprocess import ImageOptions, open_image
+from service.preprocess import ImageOptions
 from service.problems import ApiProblem
 from service.runtime import ModelRuntime
 from service.settings import Settings

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 from service import png
-from service.preprocess import ImageOptions, OpenedImage, model_inputs, open_image
+from service.decoding import OpenedImage, open_image
+from service.preprocess import ImageOptions, model_inputs
 from service.problems import ApiProblem
 from tests.service import service_samples as samples
 from tests.service.service_samples import png_chunk

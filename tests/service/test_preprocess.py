@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import ImageOptions, mnist_like, model_input, model_inputs, open_image
+from service.decoding import open_image
+from service.preprocess import ImageOptions, mnist_like, model_input, model_inputs
 from service.problems import ApiProblem
 from tests.service import service_samples as samples
 
