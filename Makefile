@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 MNIST_DIR ?= ../shared/data/mnist
 DEFAULT_PRESET ?= compact
 
-.PHONY: serve test lint typecheck pytest bench bench-quick default-model seed-model clean
+.PHONY: serve test lint typecheck imports pytest bench bench-quick default-model seed-model clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -24,8 +24,8 @@ $(VENV)/.installed: pyproject.toml
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/vae-serve
 
-## test: lint, format check, type check and the whole test suite
-test: $(VENV)/.installed lint typecheck pytest
+## test: lint, format check, type check, the import contracts and the whole test suite
+test: $(VENV)/.installed lint typecheck imports pytest
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -33,6 +33,10 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy service training
+
+## imports: the service's layers and the training/service split, as import-linter contracts
+imports: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -32,7 +32,7 @@ from harness import (
 # vae-serve's tuning.
 TIMED = """
 import contextlib, gc, time
-import service.app
+import service.http.app
 spent = {0: [], 1: [], 2: []}
 began = [0.0]
 def timed(phase, info):

@@ -7,7 +7,8 @@ Everything is measured in one process, alternating between the contenders repeat
 wall time of `--calls` calls.
 
 1. Model path at batch 1: the service's model call for one 784-vector (a reconstruct job
-   of mode=mean run by service.offload.run_one, as the route hands it over), the graph runs
+   of mode=mean, its 28x28 PNG taken as it is (preprocess=none), run by
+   service.inference.jobs.run_jobs as the executor hands it over), the graph runs
    alone, and the per-image cost of 16 such jobs batched, against torch eager
    (training.model.VAE of the served model's config with its weights, read from the ONNX
    initializers; encode -> mu -> decode -> sigmoid under inference_mode). Each service row
@@ -41,13 +42,12 @@ from harness import digit_png, machine
 from onnx import numpy_helper
 from PIL import Image
 
-from service import decoding, imaging, preprocess
-from service.latent import Array
-from service.manifest import read_manifest
-from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
-from service.responses import json_response, png_response
-from service.runtime import ModelRuntime
-from service.schemas import EncodeResponse
+from service.http.responses import json_response, png_response
+from service.http.schemas import EncodeResponse
+from service.images import decoding, png, preprocess
+from service.inference.jobs import Job, Result, run_jobs
+from service.model.manifest import read_manifest
+from service.model.runtime import ModelRuntime
 from training.config import TrainConfig
 from training.model import VAE
 
@@ -96,9 +96,33 @@ def torch_twin(model_dir: Path) -> VAE:
     return model
 
 
-def mean_job(served: ModelRuntime, x: Array) -> ModelJob[Pass]:
-    """A reconstruct of mode=mean as the route hands it to the executor (identity response)."""
-    return ModelJob(served, lambda: x, mean_latent, lambda result: result)
+class Opened:
+    """Images whose headers were read once; a job decodes them as the service's jobs do."""
+
+    def __init__(self, files: list[bytes]) -> None:
+        self.opened = [decoding.open_image(f, "body", 2**24) for f in files]
+        self.count = len(files)
+
+    @property
+    def pixels(self) -> int:
+        return sum(image.pixels for image in self.opened)
+
+    def images(self) -> list[decoding.OpenedImage]:
+        return self.opened
+
+
+def mean_job(served: ModelRuntime, x: np.ndarray) -> Job[Result]:
+    """A reconstruct of mode=mean of x [B, D] of 0 and 1, as PNGs taken as they are, as the
+    route hands it to the executor (identity response)."""
+    pngs = [png.encode((row.reshape(28, 28) * 255).astype(np.uint8)) for row in x]
+    options = preprocess.ImageOptions("none", True, 0.5, (28, 28))
+    return Job(served, Opened(pngs), options, z="mean", decode=True, finish=lambda r: r)
+
+
+def run_one(job: Job[Result]) -> Result:
+    (result,) = run_jobs([job])
+    assert isinstance(result, Result)
+    return result
 
 
 def model_path(model_dir: Path, repeats: int, calls: int) -> list[str]:
@@ -169,7 +193,7 @@ def ort_threads(model_dir: Path, repeats: int, calls: int) -> list[str]:
         x = (np.random.default_rng(batch).random((batch, 784)) > 0.5).astype(np.float32)
         n = max(calls // batch, 20)
         times = alternate(
-            {"1": partial(one.reconstruct, x, "mean"), "2": partial(two.reconstruct, x, "mean")},
+            {"1": partial(one.reconstruct_mean, x), "2": partial(two.reconstruct_mean, x)},
             repeats,
             n,
         )
@@ -181,12 +205,37 @@ def ort_threads(model_dir: Path, repeats: int, calls: int) -> list[str]:
 BATCH = 16  # images preprocessed together, about what the inference thread takes at c=16
 
 
+class Body:
+    """One raw image body as the service's jobs read it (service.inference.jobs.ImageSource)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.count = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.images()[0].pixels
+
+    def images(self) -> list[decoding.OpenedImage]:
+        return [decoding.open_image(self.data, "body", 2**24)]
+
+
+def decoded(data: bytes) -> np.ndarray:
+    """An image's gray pixels in [0, 1], as preprocessing receives them."""
+    pixels = decoding.decode(decoding.open_image(data, "body", 2**24))
+    return pixels.astype(np.float32) / np.float32(255.0)
+
+
+def one_input(data: bytes, options: preprocess.ImageOptions) -> np.ndarray:
+    """An image's model input [1, D]."""
+    return preprocess.input_rows([decoding.open_image(data, "body", 2**24)], options)
+
+
 def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
     data = digit_png()
     mnist = preprocess.ImageOptions("mnist", True, 0.5, (28, 28))
     none = preprocess.ImageOptions("none", True, 0.5, (28, 28))
-    opened = decoding.open_image(data, "body", 2**24)
-    gray = preprocess.decode_gray(opened)
+    gray = decoded(data)
     pixels = np.asarray(Image.open(io.BytesIO(data)))
 
     def pil_png(level: int) -> bytes:
@@ -195,7 +244,7 @@ def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
         return buffer.getvalue()
 
     def decode() -> object:
-        return preprocess.decode_gray(decoding.open_image(data, "body", 2**24))
+        return decoded(data)
 
     def together(options: preprocess.ImageOptions) -> object:
         """16 images preprocessed in one call, as the inference thread does under load."""
@@ -206,22 +255,18 @@ def codec(model_dir: Path, repeats: int, calls: int) -> list[str]:
     times = alternate(
         {
             "PNG decode 28x28 (open, check, decode to gray)": decode,
-            "preprocess=mnist on the decoded digit": lambda: preprocess.mnist_like(
-                gray, (28, 28), "body"
+            "preprocess=mnist on the decoded digit": lambda: preprocess._mnist_like(
+                gray[None], (28, 28)
             ),
-            "decode + preprocess=mnist + binarize": lambda: preprocess.model_input(
-                decoding.open_image(data, "body", 2**24), mnist
-            ),
-            "decode + preprocess=none + binarize": lambda: preprocess.model_input(
-                decoding.open_image(data, "body", 2**24), none
-            ),
+            "decode + preprocess=mnist + binarize": lambda: one_input(data, mnist),
+            "decode + preprocess=none + binarize": lambda: one_input(data, none),
             f"decode + preprocess=mnist + binarize, {BATCH} together, per image": lambda: together(
                 mnist
             ),
             f"decode + preprocess=none + binarize, {BATCH} together, per image": lambda: together(
                 none
             ),
-            "PNG encode 28x28, service encoder (stored)": lambda: imaging.encode_png(pixels),
+            "PNG encode 28x28, service encoder (stored)": lambda: png.encode(pixels),
             "PNG encode 28x28, PIL level 1": lambda: pil_png(1),
             "PNG encode 28x28, PIL level 6": lambda: pil_png(6),
         },
@@ -244,18 +289,15 @@ def jobs(model_dir: Path, repeats: int, calls: int) -> list[str]:
     options = preprocess.ImageOptions("mnist", True, 0.5, (28, 28))
     shape = served.manifest.image_shape
 
-    def inputs() -> Array:
-        return preprocess.model_input(decoding.open_image(data, "body", 2**24), options)[None]
-
     def reconstruct() -> object:
-        def respond(result: Pass) -> object:
+        def respond(result: Result) -> object:
             assert result.probs is not None
             return png_response(result.probs, shape, 1)
 
-        return run_one(ModelJob(served, inputs, mean_latent, respond))
+        return run_jobs([Job(served, Body(data), options, z="mean", decode=True, finish=respond)])
 
     def encode() -> object:
-        def respond(result: Pass) -> object:
+        def respond(result: Result) -> object:
             return json_response(
                 EncodeResponse(
                     model_version=1,
@@ -267,7 +309,7 @@ def jobs(model_dir: Path, repeats: int, calls: int) -> list[str]:
                 )
             )
 
-        return run_one(ModelJob(served, inputs, None, respond))
+        return run_jobs([Job(served, Body(data), options, z=None, decode=False, finish=respond)])
 
     def sample() -> object:
         _, probs = served.sample(64, 1.0, np.random.default_rng(0))

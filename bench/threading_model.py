@@ -46,7 +46,7 @@ from harness import (
 )
 
 NO_INLINE = (
-    "import service.offload as offload; offload.runs_inline = lambda cost: False; "
+    "import service.inference.executor as offload; offload.runs_inline = lambda cost: False; "
     "from service.main import main; main()"
 )
 

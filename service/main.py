@@ -11,9 +11,9 @@ import uvicorn
 from PIL import Image
 from pydantic import ValidationError
 
-from service.app import create_app
+from service.http.app import create_app
+from service.http.transport import ConnectionGuard, ConnectionLimits, protocol_class
 from service.settings import Settings
-from service.transport import ConnectionGuard, ConnectionLimits, protocol_class
 
 GC_THRESHOLDS = (50_000, 50, 50)  # the defaults are (700, 10, 10): allocations, then sweeps
 

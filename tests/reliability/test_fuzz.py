@@ -23,7 +23,7 @@ from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from bench.soak import SEED_MODEL
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 from tests.reliability.images import FORMAT_OF, image_files
 from tests.service.service_helpers import install

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.soak import SEED_MODEL
-from service.app import create_app
-from service.repository import ModelRepository
+from service.http.app import create_app
+from service.model.repository import ModelRepository
 from service.settings import Settings
 from tests.service import service_samples as samples
 from tests.service.service_helpers import install, wait_for

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.soak import SEED_MODEL
-from service import memory, watcher
-from service.app import create_app
+from service.http.app import create_app
+from service.model import memory, watcher
 from service.settings import Settings
 from tests.service.service_helpers import install, wait_for
 

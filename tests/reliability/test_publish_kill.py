@@ -13,9 +13,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
+from service.model.watcher import NOT_LOADED, ModelHolder, ModelSource
 from service.settings import Settings
-from service.watcher import NOT_LOADED, ModelHolder, ModelSource
 from tests.reliability.publish_child import STEPS
 from tests.reliability.server import ROOT
 from tests.service.service_helpers import install, wait_for

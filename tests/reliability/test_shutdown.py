@@ -6,14 +6,13 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from tests.reliability.server import HeldRequest, held, read_response, request, running
 from tests.service import service_samples as samples
-from tests.service.service_helpers import wait_for
+from tests.service.service_helpers import ThreadLoad, wait_for
 
 GRACE_S = 8  # VAE_GRACEFUL_SHUTDOWN_S
 SLACK_S = 6  # lifespan shutdown and process exit on a loaded 2-core machine
@@ -28,16 +27,15 @@ CONNECTION_ERRORS = {
 Z = json.dumps({"z": [[0.1 * (i % 7)] * 64 for i in range(64)]}).encode()
 
 
-class Load:
+class Load(ThreadLoad):
     """Threads sending GET /v1/sample?n=256 (JSON) on fresh connections until stopped."""
 
     def __init__(self, port: int, threads: int = 6) -> None:
         self.port = port
         self.outcomes: list[tuple[float, int | str]] = []  # (sent at, status or error name)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        super().__init__(threads)
 
-    def _run(self, index: int) -> None:
+    def run(self, index: int) -> None:
         seed = index
         while not self.stop.is_set():
             seed += 100
@@ -53,16 +51,6 @@ class Load:
             self.outcomes.append((sent, outcome))
             if isinstance(outcome, str):
                 time.sleep(0.05)
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
 
 
 def hold_mixed(port: int) -> list[HeldRequest]:

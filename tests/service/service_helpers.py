@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.repository import ModelRepository, Rejection, VersionEntry
+from service.model.repository import ModelRepository, Rejection, VersionEntry
 
 Edit = Callable[[Path, dict[str, Any]], None]
 
@@ -168,3 +169,25 @@ def remove(name: str) -> Edit:
         (version_dir / name).unlink()
 
     return edit
+
+
+class ThreadLoad:
+    """`threads` threads running `self.run(index)` until stopped: a context manager that
+    starts them on entry and stops and joins them on exit."""
+
+    def __init__(self, threads: int) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,)) for i in range(threads)]
+
+    def run(self, index: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=120)

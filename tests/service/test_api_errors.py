@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
 
-from service.app import create_app
-from service.problems import Problem
+from service.http.app import create_app
+from service.http.problems import Problem
 from service.settings import Settings
 from tests.service import service_samples as samples
 from tests.service.service_helpers import install

@@ -6,22 +6,21 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.batcher import BatcherClosedError, MicroBatcher
-from service.decoding import open_image
-from service.latent import Array, reparameterize
-from service.manifest import read_manifest
-from service.offload import ImageInputs, ModelJob, Pass, mean_latent, run_jobs, run_one
-from service.preprocess import ImageOptions
-from service.problems import ApiProblem
-from service.runtime import ModelRuntime
+from service.http.app import create_app
+from service.http.uploads import INLINE_MAX_MULTIPART_BYTES
+from service.images.errors import ImageError
+from service.inference.batcher import BatcherClosedError, MicroBatcher
+from service.inference.jobs import Draw, Job, Result, run_jobs
+from service.model.runtime import ModelRuntime
 from service.settings import Settings
-from service.uploads import INLINE_MAX_MULTIPART_BYTES
+from tests.service.jobs_helpers import alone, assert_same, binary_x, image_job, job, load_runtime
 from tests.service.service_helpers import install, metric
 from tests.service.service_samples import PNG, digit_png, gray_array_png, multipart, photo_png
 
@@ -143,56 +142,36 @@ def test_invalid_limits_are_refused() -> None:
 
 @pytest.fixture(scope="module")
 def runtimes(published: dict[str, Path]) -> dict[str, ModelRuntime]:
-    return {
-        name: ModelRuntime.load(path, read_manifest(path), threads=1, source="repository")
-        for name, path in published.items()
-    }
+    return {name: load_runtime(path) for name, path in published.items()}
 
 
-def images(count: int, seed: int) -> Array:
-    return (np.random.default_rng(seed).random((count, 784)) > 0.7).astype(np.float32)
-
-
-def job(runtime: ModelRuntime, x: Array, seed: int | None, decode: bool = True) -> ModelJob[Pass]:
-    def latent(mu: Array, logvar: Array) -> Array:
-        return mu if seed is None else reparameterize(mu, logvar, np.random.default_rng(seed))
-
-    return ModelJob(runtime, lambda: x, latent if decode else None, lambda result: result)
-
-
-def mixed_jobs(runtimes: dict[str, ModelRuntime]) -> list[ModelJob[Pass]]:
+def mixed_jobs(runtimes: dict[str, ModelRuntime]) -> list[Job[Result]]:
     a, b = runtimes["a"], runtimes["b"]
     return [
-        job(a, images(1, 0), None),
-        job(a, images(3, 1), 7),
-        job(b, images(2, 2), None),  # a hot swap can mix models in one batch
-        job(a, images(1, 3), None, decode=False),
-        job(a, images(2, 4), 8),
+        job(a, binary_x(1, 0), "mean"),
+        job(a, binary_x(3, 1), Draw(7)),
+        job(b, binary_x(2, 2), "mean"),  # a hot swap can mix models in one batch
+        job(a, binary_x(1, 3), None, decode=False),
+        job(a, binary_x(2, 4), Draw(8)),
+        job(a, binary_x(2, 5), Draw(9), decode=False),  # encode, and draw z without decoding
     ]
 
 
 def test_batched_jobs_equal_jobs_run_alone(runtimes: dict[str, ModelRuntime]) -> None:
     together = run_jobs(mixed_jobs(runtimes))
-    alone = [run_one(j) for j in mixed_jobs(runtimes)]
-    assert len(together) == len(alone)
-    for shared, single in zip(together, alone, strict=True):
-        assert isinstance(shared, Pass)
-        for name in ("x", "mu", "logvar", "z", "probs"):
-            got, want = getattr(shared, name), getattr(single, name)
-            assert (got is None) == (want is None), name
-            if want is not None:
-                assert got.tobytes() == want.tobytes(), name  # bit for bit
+    for shared, one in zip(together, mixed_jobs(runtimes), strict=True):
+        assert isinstance(shared, Result)
+        assert_same(shared, alone(one))
+    assert isinstance(together[5], Result) and together[5].z is not None
+    assert together[5].probs is None
 
 
 def test_a_bad_input_fails_its_job_alone(runtimes: dict[str, ModelRuntime]) -> None:
-    def bad() -> Array:
-        raise ValueError("not an image")
-
     jobs = mixed_jobs(runtimes)
-    jobs.insert(1, ModelJob(runtimes["a"], bad, None, lambda result: result))
+    jobs.insert(1, image_job(runtimes["a"], [b"not an image"]))
     outcomes = run_jobs(jobs)
-    assert isinstance(outcomes[1], ValueError)
-    assert all(isinstance(o, Pass) for i, o in enumerate(outcomes) if i != 1)
+    assert isinstance(outcomes[1], ImageError) and outcomes[1].code == "not_an_image"
+    assert all(isinstance(o, Result) for i, o in enumerate(outcomes) if i != 1)
 
 
 # Through the app: batching on or off gives the same bytes.
@@ -210,39 +189,82 @@ def two_clients(
         yield batched, unbatched
 
 
-def test_batching_on_and_off_answer_the_same_bytes(
+PATHS = ("/v1/reconstruct?mode=sample&seed=3", "/v1/reconstruct", "/v1/encode?sample=1&seed=5")
+
+
+def test_lone_requests_run_inline_with_the_same_bytes(
     two_clients: tuple[TestClient, TestClient],
 ) -> None:
+    """One request at a time skips the hop to the inference thread (it would cost about as
+    much as the work): nothing is batched, and the answers are the unbatched ones."""
     batched, unbatched = two_clients
     body, headers = digit_png(), {"content-type": PNG}
-    paths = ("/v1/reconstruct?mode=sample&seed=3", "/v1/reconstruct", "/v1/encode?sample=1&seed=5")
-    for path in paths:
+    for path in PATHS:
         on = batched.post(path, content=body, headers=headers)
         off = unbatched.post(path, content=body, headers=headers)
         assert on.status_code == off.status_code == 200, path
         assert on.content == off.content, path
-    assert metric(batched, "vae_inference_batch_size_count") == 3
-    assert metric(unbatched, "vae_inference_batch_size_count") == 0
+    assert metric(batched, "vae_inference_batch_size_count") == 0
+    assert metric(batched, "vae_inference_duration_seconds_count", operation="reconstruct") == 2
 
 
-def test_a_small_multipart_batch_joins_the_inference_thread(
-    two_clients: tuple[TestClient, TestClient],
+async def concurrently(app: Any, requests: list[tuple[str, bytes, str]]) -> list[httpx.Response]:
+    """POST every (path, body, content type) at once to the app, its lifespan running."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            posts = [
+                client.post(path, content=body, headers={"content-type": kind})
+                for path, body, kind in requests
+            ]
+            return await asyncio.gather(*posts)
+
+
+def batched_sizes(app: Any) -> tuple[float, float]:
+    """(batches run, requests they served) from the app's metrics."""
+    text = app.services.metrics.exposition().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("vae_inference_batch_size_")
+    }
+    return values["vae_inference_batch_size_count"], values["vae_inference_batch_size_sum"]
+
+
+def test_concurrent_requests_are_batched_with_the_same_bytes(
+    repo: Path, published: dict[str, Path], make_settings: Callable[..., Settings]
 ) -> None:
-    batched, unbatched = two_clients
+    install(repo, published["a"], 1)
     small, small_type = multipart([digit_png(), digit_png()])
     assert len(small) <= INLINE_MAX_MULTIPART_BYTES
-    # Past the inline size (here by a text field, which is not an image), the body is parsed
-    # in the job, on a worker thread.
+    requests = [(path, digit_png(), PNG) for path in PATHS] * 2
+    requests.append(("/v1/reconstruct", small, small_type))  # a small multipart body joins
+    app = create_app(make_settings(batch_max_size=16))
+    answers = asyncio.run(concurrently(app, requests))
+    unbatched = asyncio.run(concurrently(create_app(make_settings(batch_max_size=0)), requests))
+    for on, off in zip(answers, unbatched, strict=True):
+        assert on.status_code == off.status_code == 200
+        assert on.content == off.content
+    batches, served = batched_sizes(app)
+    assert served == len(requests) and batches < len(requests)
+
+
+def test_a_large_multipart_body_is_read_on_a_worker_thread(
+    two_clients: tuple[TestClient, TestClient],
+) -> None:
+    """Past the inline size (here by a text field, which is not an image), the body is parsed
+    in the job, on a worker thread: never on the loop, never batched."""
+    batched, unbatched = two_clients
+    small, small_type = multipart([digit_png(), digit_png()])
     large = small.replace(
         b"--testboundary--", text_part(INLINE_MAX_MULTIPART_BYTES) + b"--testboundary--"
     )
-    for body in (small, large):
-        on = batched.post("/v1/reconstruct", content=body, headers={"content-type": small_type})
-        off = unbatched.post("/v1/reconstruct", content=body, headers={"content-type": small_type})
-        assert on.status_code == off.status_code == 200
-        assert on.content == off.content
-    assert metric(batched, "vae_inference_batch_size_count") == 1  # the small body only
-    assert metric(batched, "vae_inference_duration_seconds_count", operation="reconstruct") == 2
+    on = batched.post("/v1/reconstruct", content=large, headers={"content-type": small_type})
+    off = unbatched.post("/v1/reconstruct", content=large, headers={"content-type": small_type})
+    assert on.status_code == off.status_code == 200
+    assert on.content == off.content
+    assert metric(batched, "vae_inference_batch_size_count") == 0
+    assert metric(batched, "vae_inference_duration_seconds_count", operation="reconstruct") == 1
 
 
 def text_part(size: int) -> bytes:
@@ -253,41 +275,24 @@ def text_part(size: int) -> bytes:
     )
 
 
-def image_job(runtime: ModelRuntime, data: list[bytes], latent: bool = True) -> ModelJob[Pass]:
-    opened = [open_image(d, f"files[{i}]", 4096 * 4096) for i, d in enumerate(data)]
-    options = ImageOptions("mnist", True, 0.5, (28, 28))
-    return ModelJob(
-        runtime,
-        ImageInputs(lambda: opened, options),
-        mean_latent if latent else None,
-        lambda result: result,
-    )
-
-
 def test_image_jobs_preprocessed_together_equal_jobs_run_alone(
     runtimes: dict[str, ModelRuntime],
 ) -> None:
     a = runtimes["a"]
     blank = gray_array_png(np.zeros((28, 28)))
 
-    def jobs() -> list[ModelJob[Pass]]:
+    def jobs() -> list[Job[Result]]:
         return [
             image_job(a, [digit_png()]),
-            image_job(a, [photo_png(), digit_png()], latent=False),
+            image_job(a, [photo_png(), digit_png()], decode=False),
             image_job(a, [digit_png(), blank]),  # one bad image fails its request alone
-            job(a, images(2, 9), None),  # a job that brings its own x
+            job(a, binary_x(2, 9), "mean"),  # images taken as they are, in the same batch
             image_job(a, [photo_png()]),
         ]
 
     together = run_jobs(jobs())
-    assert isinstance(together[2], ApiProblem) and together[2].problem.field == "files[1]"
+    assert isinstance(together[2], ImageError) and together[2].field == "files[1]"
     for i, (shared, one) in enumerate(zip(together, jobs(), strict=True)):
-        if i == 2:
-            continue
-        single = run_one(one)
-        assert isinstance(shared, Pass)
-        for name in ("x", "mu", "logvar", "z", "probs"):
-            got, want = getattr(shared, name), getattr(single, name)
-            assert (got is None) == (want is None), name
-            if want is not None:
-                assert got.tobytes() == want.tobytes(), name
+        if i != 2:
+            assert isinstance(shared, Result)
+            assert_same(shared, alone(one))

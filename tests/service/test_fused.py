@@ -14,12 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
-from service.app import create_app
-from service.latent import Array, reparameterize
-from service.manifest import read_manifest
-from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
-from service.runtime import ModelRuntime
+from service.http.app import create_app
+from service.inference.jobs import Draw, Result, run_jobs
+from service.model.runtime import ModelRuntime
 from service.settings import Settings
+from tests.service.jobs_helpers import alone, assert_same, binary_x, job, load_runtime
 from tests.service.service_helpers import (
     Edit,
     edit_onnx,
@@ -35,23 +34,17 @@ from tests.service.service_samples import PNG, digit_png, multipart
 MATCH = 1e-5  # fused vs encoder + decoder
 
 
-def load(version_dir: Path) -> ModelRuntime:
-    return ModelRuntime.load(
-        version_dir, read_manifest(version_dir), threads=1, source="repository"
-    )
-
-
 @pytest.fixture(scope="module")
 def runtimes(published: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Models a and b as published (with the fused graph), and a without it."""
     repo = tmp_path_factory.mktemp("fused")
     (repo / "vae").mkdir()
     plain = install(repo, published["a"], 1, without_fused_graph)
-    return {"a": load(published["a"]), "b": load(published["b"]), "a-plain": load(plain)}
-
-
-def images(count: int, seed: int) -> Array:
-    return (np.random.default_rng(seed).random((count, 784)) > 0.7).astype(np.float32)
+    return {
+        "a": load_runtime(published["a"]),
+        "b": load_runtime(published["b"]),
+        "a-plain": load_runtime(plain),
+    }
 
 
 def test_the_fused_graph_is_loaded_only_when_the_version_has_one(runtimes: dict) -> None:
@@ -60,59 +53,43 @@ def test_the_fused_graph_is_loaded_only_when_the_version_has_one(runtimes: dict)
 
 
 def test_reconstruct_mean_equals_encoder_then_decoder(runtimes: dict) -> None:
-    fused, plain, x = runtimes["a"], runtimes["a-plain"], images(7, 0)
+    fused, plain, x = runtimes["a"], runtimes["a-plain"], binary_x(7, 0)
     mu, logvar = plain.encode(x)
     for ours, theirs in zip(fused.reconstruct_mean(x), (mu, logvar, plain.decode(mu)), strict=True):
-        np.testing.assert_allclose(ours, theirs, atol=MATCH, rtol=0)
-    for ours, theirs in zip(
-        fused.reconstruct(x, "mean"), plain.reconstruct(x, "mean"), strict=True
-    ):
         np.testing.assert_allclose(ours, theirs, atol=MATCH, rtol=0)
     # Without the fused graph, reconstruct_mean is the two graphs themselves.
     for ours, theirs in zip(plain.reconstruct_mean(x), (mu, logvar, plain.decode(mu)), strict=True):
         assert np.array_equal(ours, theirs)
 
 
-def job(runtime: ModelRuntime, x: Array, latent: Any) -> ModelJob[Pass]:
-    return ModelJob(runtime, lambda: x, latent, lambda result: result)
-
-
-def sampled(seed: int) -> Callable[[Array, Array], Array]:
-    def latent(mu: Array, logvar: Array) -> Array:
-        return reparameterize(mu, logvar, np.random.default_rng(seed))
-
-    return latent
-
-
 def test_which_graphs_a_group_of_jobs_runs(runtimes: dict) -> None:
     """Model a whose fused session is model b's (real sessions both): the probs then tell
-    which graphs ran. Fused only when every decoding job of the group decodes mean_latent."""
+    which graphs ran. Fused only when every job of the group that decodes decodes the mean."""
     a = runtimes["a"]
     chimera = dataclasses.replace(a, fused=runtimes["b"].fused)
-    x, other = images(1, 1), images(2, 2)
+    x, other = binary_x(1, 1), binary_x(2, 2)
     b_mu, b_logvar, b_probs = runtimes["b"].reconstruct_mean(x)
     a_mu = a.encode(x)[0]
     a_probs = a.decode(a_mu)
 
-    alone = run_one(job(chimera, x, mean_latent))
-    assert alone.probs is not None and alone.z is not None
-    assert np.array_equal(alone.probs, b_probs) and np.array_equal(alone.z, b_mu)
-    assert np.array_equal(alone.mu, b_mu) and np.array_equal(alone.logvar, b_logvar)
+    fused = alone(job(chimera, x, "mean"))
+    assert fused.probs is not None and fused.z is not None
+    assert np.array_equal(fused.probs, b_probs) and np.array_equal(fused.z, b_mu)
+    assert np.array_equal(fused.mu, b_mu) and np.array_equal(fused.logvar, b_logvar)
 
-    with_encode_only = run_jobs([job(chimera, x, mean_latent), job(chimera, other, None)])
-    assert isinstance(with_encode_only[1], Pass) and with_encode_only[1].probs is None
+    with_encode_only = run_jobs([job(chimera, x, "mean"), job(chimera, other, None, decode=False)])
+    assert isinstance(with_encode_only[1], Result) and with_encode_only[1].probs is None
     assert with_encode_only[1].z is None
     assert np.array_equal(with_encode_only[1].mu, runtimes["b"].encode(other)[0])
 
     two_graphs = [
-        [job(chimera, x, mean_latent), job(chimera, other, sampled(3))],  # a sample in the group
-        [job(chimera, x, lambda mu, logvar: mu)],  # mu, but not mean_latent
-        [job(chimera, x, None)],  # nothing to decode: the encoder alone
-        [job(dataclasses.replace(a, fused=None), x, mean_latent)],  # no fused graph
+        [job(chimera, x, "mean"), job(chimera, other, Draw(3))],  # a sample in the group
+        [job(chimera, x, None, decode=False)],  # nothing to decode: the encoder alone
+        [job(dataclasses.replace(a, fused=None), x, "mean")],  # no fused graph
     ]
     for group in two_graphs:
         first = run_jobs(group)[0]
-        assert isinstance(first, Pass) and np.array_equal(first.mu, a_mu)
+        assert isinstance(first, Result) and np.array_equal(first.mu, a_mu)
         if first.probs is not None:
             assert np.array_equal(first.probs, a_probs)
 
@@ -120,19 +97,15 @@ def test_which_graphs_a_group_of_jobs_runs(runtimes: dict) -> None:
 def test_batched_fused_jobs_equal_jobs_run_alone(runtimes: dict) -> None:
     a = runtimes["a"]
     jobs = [
-        job(a, images(1, 0), mean_latent),
-        job(a, images(3, 1), mean_latent),
-        job(a, images(1, 2), None),
-        job(a, images(2, 3), mean_latent),
+        job(a, binary_x(1, 0), "mean"),
+        job(a, binary_x(3, 1), "mean"),
+        job(a, binary_x(1, 2), None, decode=False),
+        job(a, binary_x(2, 3), "mean"),
+        job(a, binary_x(2, 4), Draw(5), decode=False),  # z drawn from the fused run's mu
     ]
-    together = run_jobs(jobs)
-    for shared, single in zip(together, [run_one(j) for j in jobs], strict=True):
-        assert isinstance(shared, Pass)
-        for name in ("x", "mu", "logvar", "z", "probs"):
-            got, want = getattr(shared, name), getattr(single, name)
-            assert (got is None) == (want is None), name
-            if want is not None:
-                assert got.tobytes() == want.tobytes(), name  # bit for bit, as test_batcher
+    for shared, one in zip(run_jobs(jobs), jobs, strict=True):
+        assert isinstance(shared, Result)
+        assert_same(shared, alone(one))  # bit for bit, as test_batcher
 
 
 def foreign_fused(published: dict[str, Path]) -> Edit:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,24 +10,31 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
-from tests.service.service_helpers import claim_latent, install, metric, set_sha, truncate, wait_for
+from tests.service.service_helpers import (
+    ThreadLoad,
+    claim_latent,
+    install,
+    metric,
+    set_sha,
+    truncate,
+    wait_for,
+)
 
 Z = {"z": [[0.3] * 8]}
 JSON_ACCEPT = {"accept": "application/json"}
 
 
-class Traffic:
+class Traffic(ThreadLoad):
     """Threads posting /v1/decode until stopped, recording (status, header, body version, probs)."""
 
     def __init__(self, client: TestClient, threads: int = 3) -> None:
         self.client = client
         self.results: list[tuple[int, str, int | None, bytes]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _run(self) -> None:
+    def run(self, index: int) -> None:
         while not self.stop.is_set():
             response = self.client.post("/v1/decode", json=Z, headers=JSON_ACCEPT)
             body = response.json()
@@ -41,16 +47,6 @@ class Traffic:
                     probs,
                 )
             )
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
 
     def more(self, count: int) -> None:
         """Wait until `count` more requests have completed."""

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from service import png
-from service.decoding import OpenedImage, open_image
-from service.preprocess import ImageOptions, model_inputs
-from service.problems import ApiProblem
+from service.images import png
+from service.images.decoding import OpenedImage, open_image
+from service.images.errors import ImageError
+from service.images.preprocess import ImageOptions, model_inputs
 from tests.service import service_samples as samples
 from tests.service.service_samples import png_chunk
 
@@ -212,7 +212,7 @@ def corrupt_plain(case: str) -> bytes:
 def verdict(opened: OpenedImage) -> np.ndarray | str:
     """The model input, or the problem's code."""
     result = model_inputs([(opened, MNIST)])[0]
-    return code_of(result) if isinstance(result, ApiProblem) else result
+    return result.code if isinstance(result, ImageError) else result
 
 
 @pytest.mark.parametrize("case", ["bad zlib stream", "zlib stream cut short"])
@@ -244,11 +244,6 @@ def test_a_bad_chunk_crc_is_a_corrupt_image() -> None:
 
 def test_size_limit_applies_before_decoding() -> None:
     data = make_png(random_pixels(1, 30, 30, 1), "L", [0])
-    with pytest.raises(ApiProblem) as caught:
+    with pytest.raises(ImageError) as caught:
         open_image(data, "body", 28 * 28)
-    assert code_of(caught.value) == "image_too_large" and "30x30" in caught.value.detail
-
-
-def code_of(problem: ApiProblem) -> str:
-    assert problem.status_code == 422 and problem.problem.errors is not None
-    return problem.problem.errors[0].type
+    assert caught.value.code == "image_too_large" and "30x30" in caught.value.message

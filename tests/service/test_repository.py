@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from service.repository import ModelRepository
+from service.model.repository import ModelRepository
+from service.model.watcher import NOT_LOADED, ModelSource
 from service.settings import Settings
-from service.watcher import NOT_LOADED, ModelSource
 from tests.service.service_helpers import (
     claim_latent,
     edit_onnx,

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from service import latent
-from service.manifest import read_manifest
-from service.runtime import DECODE_CHUNK_ROWS, ModelRuntime
+from service.inference.jobs import Draw
+from service.model import latent
+from service.model.manifest import read_manifest
+from service.model.runtime import DECODE_CHUNK_ROWS, ModelRuntime
+from tests.service.jobs_helpers import alone, job
 from training.config import TrainConfig
 from training.model import VAE
 
@@ -57,9 +59,7 @@ def test_decode_in_chunks_equals_decode_at_once(runtime: ModelRuntime) -> None:
 
 def test_same_seed_same_draws_and_different_seed_different(runtime: ModelRuntime) -> None:
     x = binary_images(2)
-    first = runtime.reconstruct(x, "sample", np.random.default_rng(7))[1]
-    again = runtime.reconstruct(x, "sample", np.random.default_rng(7))[1]
-    other = runtime.reconstruct(x, "sample", np.random.default_rng(8))[1]
+    first, again, other = (alone(job(runtime, x, Draw(seed))).probs for seed in (7, 7, 8))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     z1, _ = runtime.sample(4, 1.0, np.random.default_rng(3))
     z2, _ = runtime.sample(4, 1.0, np.random.default_rng(3))
@@ -68,9 +68,9 @@ def test_same_seed_same_draws_and_different_seed_different(runtime: ModelRuntime
 
 def test_mean_reconstruction_decodes_mu(runtime: ModelRuntime) -> None:
     x = binary_images(3)
-    z, probs = runtime.reconstruct(x, "mean", np.random.default_rng(0))
-    assert np.array_equal(z, runtime.encode(x)[0])
-    assert np.array_equal(probs, runtime.decode(z))
+    mu, _, probs = runtime.reconstruct_mean(x)
+    assert np.array_equal(mu, runtime.encode(x)[0])
+    np.testing.assert_allclose(probs, runtime.decode(mu), atol=1e-4, rtol=0)  # fused or not
 
 
 def test_temperature_zero_samples_the_prior_mean(runtime: ModelRuntime) -> None:

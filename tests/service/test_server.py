@@ -21,9 +21,9 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.http.transport import GuardedHttpToolsProtocol
 from service.main import server_config
 from service.settings import Settings
-from service.transport import GuardedHttpToolsProtocol
 from tests.service import service_samples as samples
 from tests.service.service_helpers import install, wait_for
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from service import imaging
-from service.offload import INLINE_MAX_PIXELS, INLINE_MAX_ROWS, Cost, runs_inline
-from service.responses import negotiate
+from service.http.responses import negotiate
+from service.images import grid as imaging
+from service.images import png
+from service.inference.executor import INLINE_MAX_PIXELS, INLINE_MAX_ROWS, Work, fits_event_loop
 from service.settings import EMBEDDED_MODEL_DIR, Settings
 from tests.service import service_samples as samples
 
@@ -78,11 +79,12 @@ def test_negotiation(accept: str | None, expected: str) -> None:
 
 
 def test_inline_only_for_small_bounded_work() -> None:
-    assert runs_inline(Cost(28 * 28, 2))
-    assert runs_inline(Cost(INLINE_MAX_PIXELS, INLINE_MAX_ROWS))
-    assert not runs_inline(Cost(INLINE_MAX_PIXELS + 1, 2))  # a large image to decode
-    assert not runs_inline(Cost(0, 256))  # n=256 samples
-    assert not runs_inline(Cost(None, 2))  # multipart: not known until parsed
+    assert fits_event_loop(Work(28 * 28, 2))
+    assert fits_event_loop(Work(INLINE_MAX_PIXELS, INLINE_MAX_ROWS))
+    assert not fits_event_loop(Work(INLINE_MAX_PIXELS + 1, 2))  # a large image to decode
+    assert not fits_event_loop(Work(0, 256))  # n=256 samples
+    assert not fits_event_loop(Work(None, 2))  # not known until read: multipart, a JPEG
+    assert not fits_event_loop(Work(28 * 28, None))
 
 
 def test_grid_layout_and_scale_limit() -> None:
@@ -98,9 +100,9 @@ def test_grid_layout_and_scale_limit() -> None:
 def test_png_round_trips_through_pil_exactly(side: int) -> None:
     rng = np.random.default_rng(side)
     pixels = rng.integers(0, 256, (side, side + 3), dtype=np.uint8)
-    assert np.array_equal(samples.decode_png(imaging.encode_png(pixels)), pixels)
+    assert np.array_equal(samples.decode_png(png.encode(pixels)), pixels)
     blank = np.zeros_like(pixels)  # stored below one packet's size, compressed above it
     raw_size = side * (side + 4)  # a filter byte per row
-    assert (len(imaging.encode_png(blank)) > raw_size) == (side == 28)
+    assert (len(png.encode(blank)) > raw_size) == (side == 28)
     single = imaging.render(pixels.reshape(1, -1) / 255.0, pixels.shape, 1, 1)
     assert np.array_equal(samples.decode_png(single), pixels)

@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image
 
-from service import structure
-from service.problems import ApiProblem
+from service.images import structure
+from service.images.errors import ImageError
 from tests.service import service_samples as samples
 
 
@@ -83,8 +83,6 @@ def test_files_past_the_limit_are_refused(make: object, limit: int) -> None:
     assert callable(make)
     parts = structure.check_structure
     parts(make(limit // 2), "files[0]")  # well within: accepted
-    with pytest.raises(ApiProblem) as refused:
+    with pytest.raises(ImageError) as refused:
         parts(make(limit), "files[0]")
-    assert refused.value.status_code == 422
-    item = refused.value.problem.errors[0] if refused.value.problem.errors else None
-    assert item is not None and item.field == "files[0]" and item.type == "too_many_parts"
+    assert refused.value.field == "files[0]" and refused.value.code == "too_many_parts"

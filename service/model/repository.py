@@ -1,0 +1,144 @@
+"""One model repository root (`<root>/vae/<version>/`): scan it and validate its versions.
+
+A version is validated at most once per content: a rejection is remembered with a fingerprint
+of the files (names, sizes, mtimes), so a version that is fixed in place is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.model.manifest import MANIFEST_FILE, ManifestError, read_manifest
+from service.model.runtime import ModelLoadError, ModelRuntime, Source
+
+MODEL_NAME = "vae"
+# serving; available: validated by this process, not served now; unvalidated: complete but
+# never examined (a newer version was served first), so it may yet be rejected; rejected;
+# incomplete: no manifest.json yet.
+VersionStatus = Literal["serving", "available", "unvalidated", "rejected", "incomplete"]
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    """A version directory as found on disk."""
+
+    version: int
+    path: Path
+    complete: bool  # manifest.json exists
+    fingerprint: Fingerprint
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A version as reported by GET /v1/models."""
+
+    version: int
+    source: Source
+    status: VersionStatus
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    version: int
+    source: Source
+    reason: str
+
+
+class ModelRepository:
+    """Scans one root and loads its best version; used from one thread at a time."""
+
+    def __init__(self, root: Path, source: Source, threads: int) -> None:
+        self.root = root
+        self.source: Source = source
+        self.threads = threads
+        self._rejected: dict[int, tuple[Fingerprint, str]] = {}
+        self._validated: dict[int, Fingerprint] = {}
+
+    def scan(self) -> list[VersionEntry]:
+        """Version directories (digits only) under `root/vae`, highest first; [] if missing."""
+        try:
+            children = list(os.scandir(self.root / MODEL_NAME))
+        except OSError:
+            return []
+        entries = [
+            _entry(Path(child.path))
+            for child in children
+            if child.name.isascii() and child.name.isdigit() and child.is_dir()
+        ]
+        return sorted(entries, key=lambda e: e.version, reverse=True)
+
+    def load_best(
+        self, entries: list[VersionEntry], above: int
+    ) -> tuple[ModelRuntime | None, list[Rejection]]:
+        """Load the highest complete version > `above` that validates; report new rejections."""
+        rejections: list[Rejection] = []
+        for entry in entries:
+            if entry.version <= above:
+                break
+            if not entry.complete or self.rejection(entry) is not None:
+                continue
+            try:
+                return self._load(entry), rejections
+            except (ManifestError, ModelLoadError) as exc:
+                rejections.append(self._reject(entry, str(exc)))
+        return None, rejections
+
+    def rejection(self, entry: VersionEntry) -> str | None:
+        """Why this version (with these exact files) was rejected, if it was."""
+        remembered = self._rejected.get(entry.version)
+        if remembered is None or remembered[0] != entry.fingerprint:
+            return None
+        return remembered[1]
+
+    def records(self, entries: list[VersionEntry], serving: int | None) -> list[VersionRecord]:
+        """The status of each scanned version, for GET /v1/models."""
+        return [self._record(entry, serving) for entry in entries]
+
+    def _record(self, entry: VersionEntry, serving: int | None) -> VersionRecord:
+        reason = self.rejection(entry)
+        status: VersionStatus
+        if not entry.complete:
+            status = "incomplete"
+        elif reason is not None:
+            status = "rejected"
+        elif entry.version == serving:
+            status = "serving"
+        elif self._validated.get(entry.version) == entry.fingerprint:
+            status = "available"
+        else:
+            status = "unvalidated"
+        return VersionRecord(entry.version, self.source, status, reason)
+
+    def _load(self, entry: VersionEntry) -> ModelRuntime:
+        manifest = read_manifest(entry.path)
+        runtime = ModelRuntime.load(entry.path, manifest, threads=self.threads, source=self.source)
+        self._validated[entry.version] = entry.fingerprint
+        log.info("validated %s version %d at %s", self.source, entry.version, entry.path)
+        return runtime
+
+    def _reject(self, entry: VersionEntry, reason: str) -> Rejection:
+        self._rejected[entry.version] = (entry.fingerprint, reason)
+        log.warning(
+            "rejected %s version %d at %s: %s", self.source, entry.version, entry.path, reason
+        )
+        return Rejection(entry.version, self.source, reason)
+
+
+def _entry(path: Path) -> VersionEntry:
+    try:
+        with os.scandir(path) as children:  # closed even when a file vanishes mid-listing
+            files = sorted(
+                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in children if f.is_file()
+            )
+    except OSError:  # removed or changing while listed: incomplete until the next poll
+        files = []
+    complete = any(name == MANIFEST_FILE for name, _, _ in files)
+    return VersionEntry(int(path.name), path, complete, tuple(files))
