@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from service.http.app import create_app
 from service.http.transport import ConnectionGuard, ConnectionLimits, protocol_class
+from service.model.memory import map_large_buffers
 from service.settings import Settings
 
 GC_THRESHOLDS = (50_000, 50, 50)  # the defaults are (700, 10, 10): allocations, then sweeps
@@ -77,6 +78,7 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    map_large_buffers()  # large answers and images give their memory back when freed
     uvicorn.Server(config).run()
 
 
