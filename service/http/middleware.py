@@ -37,6 +37,9 @@ class ServiceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method == "HEAD":  # answered as GET (RFC 9110); the server sends the head only
+            scope = {**scope, "method": "GET"}
         snapshot = self.services.holder.snapshot
         scope[SNAPSHOT_SCOPE_KEY] = snapshot
         header = (VERSION_HEADER, snapshot.version_label.encode())
@@ -71,7 +74,7 @@ class ServiceMiddleware:
                 self.executor.requests_at_work -= 1
             metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
-            metrics.observe_request(_route_label(scope), scope["method"], status, elapsed)
+            metrics.observe_request(_route_label(scope), method, status, elapsed)
 
     def _refusal(self, scope: Scope, limited: bool) -> ApiProblem | None:
         """503 past the in-flight limit; 413 when Content-Length already exceeds the limit."""

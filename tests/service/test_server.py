@@ -30,10 +30,10 @@ from tests.service.service_helpers import install, wait_for
 BODY = samples.digit_png()
 
 
-def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", path)
+        connection.request(method, path)
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
@@ -118,6 +118,19 @@ def test_past_the_in_flight_limit_503_with_retry_after_and_healthz_still_answers
     assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)
     assert all(b"x-model-version: 1" in reply.lower() for reply in replies)
     assert get(server, "/v1/sample?n=1")[0] == 200
+
+
+def test_head_is_answered_wherever_get_is(server: int) -> None:
+    """RFC 9110: HEAD gets GET's status and headers (Content-Length included), no body."""
+    for path in ("/v1/sample?n=4&seed=1", "/healthz", "/readyz", "/v1/models", "/metrics"):
+        status, headers, body = get(server, path)
+        head_status, head_headers, head_body = get(server, path, method="HEAD")
+        assert body and (head_status, head_body) == (status, b""), path
+        for name in ("content-type", "x-model-version"):
+            assert head_headers[name] == headers[name], (path, name)
+        if "content-length" in headers and path != "/metrics":  # /metrics counts this request
+            assert head_headers["content-length"] == headers["content-length"], path
+    assert get(server, "/v1/reconstruct", method="HEAD")[0] == 405  # POST only
 
 
 def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_slot(
