@@ -167,3 +167,14 @@ def test_images_are_the_dockerfiles_targets(overlay: str) -> None:
             assert name == f"vae-mnist-{target}", (doc["kind"], image)
     kserve_image = kserve_container()["image"].rsplit("/", 1)[-1].split(":")[0]
     assert kserve_image == "vae-mnist-serve"
+
+
+def test_kserve_port_agrees() -> None:
+    predictor = m.kserve()["spec"]["predictor"]
+    [port] = kserve_container()["ports"]
+    assert port["containerPort"] == int(kserve_env()["VAE_PORT"])
+    assert predictor["annotations"]["prometheus.io/port"] == kserve_env()["VAE_PORT"]
+    probes = probe_paths(kserve_container())
+    assert all(
+        kserve_container()[kind]["httpGet"]["port"] == port["containerPort"] for kind in probes
+    )
