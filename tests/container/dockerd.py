@@ -131,6 +131,7 @@ class Docker:
                 self.process.wait()
         if self.log is not None:
             self.log.close()
+            self.runner.log(f"# the end of dockerd's log:\n{self.log_tail()}")
         remove_root(self.root, self.runner)
         if self.root.exists():
             problems.append(f"could not remove {self.root}")
