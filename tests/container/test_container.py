@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.container import harness as h
+from tests.lockfile import LOCKS, disagreements, read_lock, requirement_name
 from tests.mnist_files import synthetic_digits, write_mnist
 
 pytestmark = pytest.mark.container
@@ -37,13 +38,7 @@ TRAIN_ENV = {"VAE_TRAIN_PRESET": "tiny", "VAE_TRAIN_ITERATIONS": "30", "VAE_TRAI
 
 
 def require_tools() -> None:
-    missing = h.missing_requirements()
-    if not missing:
-        return
-    message = f"container test needs: {'; '.join(missing)}. To install: {h.SETUP_HINT}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    h.require(h.missing_requirements(), "the container test")
 
 
 def test_compose_stack_builds_serves_and_swaps_models() -> None:
@@ -164,6 +159,8 @@ def check_images(podman: h.Podman, figures: dict[str, Any]) -> None:
     pip_list = podman(*in_image(SERVE_IMAGE, "python", "-m", "pip", "list"), timeout=60).stdout
     assert "torch" not in pip_list.lower(), pip_list
     assert "onnxruntime" in pip_list
+    check_locked(podman, SERVE_IMAGE, LOCKS / "serve.lock")
+    check_locked(podman, TRAIN_IMAGE, LOCKS / "train.lock")
     # On the stand-in base (151 MB: Debian's Python and pip), which is no lighter than the
     # official python:3.11-slim, so the same image on the official base is no larger.
     figures["serve_layers_bytes"] = figures["serve_image_bytes"] - figures["base_image_bytes"]
@@ -177,6 +174,16 @@ def check_images(podman: h.Podman, figures: dict[str, Any]) -> None:
         assert user and not user.startswith(("0", "root")), f"{image} runs as {user!r}"
     health = podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", SERVE_IMAGE)
     assert "/readyz" in health.stdout, f"the serve image has no HEALTHCHECK: {health.stdout}"
+
+
+def check_locked(podman: h.Podman, image: str, lock: Path) -> None:
+    """The image holds every locked package at its locked version: it was installed from the
+    lock (the Dockerfile's pip install --require-hashes --no-deps, which fails on any hash that
+    differs), not resolved afresh."""
+    listing = podman(*in_image(image, "python", "-m", "pip", "list", "--format=json"), timeout=60)
+    installed = {requirement_name(p["name"]): p["version"] for p in json.loads(listing.stdout)}
+    wrong = disagreements(read_lock(lock), installed)
+    assert not wrong, f"{image} vs {lock.name} (locked, installed): {wrong}"
 
 
 def in_image(image: str, *cmd: str) -> list[str]:
