@@ -189,6 +189,7 @@ class Request:
     body: bytes | None = None
     content_type: str = "image/png"
     method: str = "POST"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,8 @@ class Wrk:
         lua.write_text(
             f'wrk.method = "{request.method}"\n'
             f'wrk.headers["Content-Type"] = "{request.content_type}"\n'
-            f'local f = assert(io.open("{body}", "rb"))\n'
+            + "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in request.headers)
+            + f'local f = assert(io.open("{body}", "rb"))\n'
             "wrk.body = f:read('*a')\n"
             "f:close()\n"
         )

@@ -24,11 +24,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from harness import (
     CLIENT_CPU,
     SERVER_CPU,
@@ -44,8 +47,25 @@ from harness import (
     running,
     tree_command,
 )
+from PIL import Image
 
 TRIVIAL = Request("GET /healthz (trivial)", "/healthz", method="GET")
+
+
+def v2_infer() -> Request:
+    """One 28x28 digit's x as binary FP32 to the Open Inference Protocol's vae, probs back as
+    binary: what tritonclient sends and asks for by default."""
+    x = np.asarray(Image.open(io.BytesIO(digit_png())), dtype=np.float32).reshape(1, 784) / 255
+    tensor = {"name": "x", "shape": [1, 784], "datatype": "FP32"}
+    tensor["parameters"] = {"binary_data_size": x.nbytes}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    return Request(
+        "POST /v2/models/vae/infer (binary FP32)",
+        "/v2/models/vae/infer",
+        header.encode() + x.astype("<f4").tobytes(),
+        "application/octet-stream",
+        headers=(("Inference-Header-Content-Length", str(len(header))),),
+    )
 
 
 def endpoints() -> list[Request]:
@@ -58,6 +78,7 @@ def endpoints() -> list[Request]:
         Request("POST /v1/reconstruct (multipart, 1 file)", "/v1/reconstruct", form, form_type),
         Request("POST /v1/encode (PNG -> JSON)", "/v1/encode", png),
         Request("GET /v1/sample?n=64 (PNG grid)", "/v1/sample?n=64", method="GET"),
+        v2_infer(),
     ]
 
 
@@ -162,6 +183,9 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, help="also serve the service/ package of this tree")
     parser.add_argument("--fresh", action="store_true", help="new server processes every round")
     parser.add_argument("--verbose", action="store_true", help="print every wrk run")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="endpoints whose names hold one of these words"
+    )
     args = parser.parse_args()
     server_cpus, client_cpus = (SERVER_CPU, CLIENT_CPU) if args.pin else (None, None)
     env = dict(item.split("=", 1) for item in args.env)
@@ -187,7 +211,7 @@ def main() -> None:
                 servers,
                 args.fresh,
                 wrk,
-                endpoints(),
+                [r for r in endpoints() if r is TRIVIAL or _chosen(r.name, args.only)],
                 connections,
                 args.rounds,
                 args.duration,
@@ -198,6 +222,10 @@ def main() -> None:
             print("\n".join(lines), flush=True)  # so far, in case a later block fails
     finally:
         wrk.close()
+
+
+def _chosen(name: str, words: list[str]) -> bool:
+    return not words or any(word in name for word in words)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from service.http.deps import Services
 from service.http.metrics import Metrics
 from service.http.middleware import ServiceMiddleware
 from service.http.problems import add_problem_schemas, install_handlers
-from service.http.routes import images, latents, ops, page
+from service.http.routes import images, latents, ops, page, v2
 from service.http.routes.common import describe_latent
 from service.inference.executor import Executor
 from service.model.watcher import ModelHolder, Watcher
@@ -112,5 +112,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     app.include_router(images.router(settings))
     app.include_router(latents.router(settings))
     app.include_router(ops.router)
+    app.include_router(v2.router(settings))
     page.install(app, settings)
     return app

@@ -17,9 +17,13 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.deps import SNAPSHOT_SCOPE_KEY, Services
-from service.http.problems import ApiProblem
+from service.http.problems import ApiProblem, answer
+from service.inference.executor import Executor
 
-LIMITED_PREFIX = "/v1/"  # /healthz, /readyz, /metrics, docs and the page are never refused
+# Model work: /v1 and the v2 infer operations. /healthz, /readyz, /metrics, metadata, docs
+# and the page are never refused.
+LIMITED_PREFIX = "/v1/"
+INFER_SUFFIX = "/infer"
 VERSION_HEADER = b"x-model-version"
 
 
@@ -29,8 +33,8 @@ class ServiceMiddleware:
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
-        # /v1 requests at work are counted on the executor (it batches only when there are
-        # several); touched only on the event loop thread
+        # Requests at work are counted on the executor (it batches only when there are
+        # several); touched only on the event loop thread.
         self.executor = services.executor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,39 +46,30 @@ class ServiceMiddleware:
             scope = {**scope, "method": "GET"}
         snapshot = self.services.holder.snapshot
         scope[SNAPSHOT_SCOPE_KEY] = snapshot
-        header = (VERSION_HEADER, snapshot.version_label.encode())
-        status = 500  # what a request that dies before answering counts as
+        exchange = Exchange(send, [(VERSION_HEADER, snapshot.version_label.encode())])
         start = time.perf_counter()
-
-        limited = scope["path"].startswith(LIMITED_PREFIX)
-        working = False  # holds one of the limited in-flight slots
-
-        async def send_with_header(message: Message) -> None:
-            nonlocal status, working
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-                if working:  # the work is done: sending it is the transport's (send timeout)
-                    working = False
-                    self.executor.requests_at_work -= 1
-            await send(message)
-
         metrics = self.services.metrics
         metrics.in_flight.inc()
         try:
-            refusal = self._refusal(scope, limited)
-            if refusal is not None:
-                await refusal.response()(scope, receive, send_with_header)
-                return
-            working = limited
-            self.executor.requests_at_work += limited
-            await self.app(scope, self._limit_body(receive, start), send_with_header)
+            await self._serve(scope, receive, exchange, start)
         finally:
-            if working:
-                self.executor.requests_at_work -= 1
+            exchange.release()
             metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
-            metrics.observe_request(_route_label(scope), method, status, elapsed)
+            metrics.observe_request(_route_label(scope), method, exchange.status, elapsed)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, exchange: Exchange, start: float
+    ) -> None:
+        path = scope["path"]
+        limited = path.startswith(LIMITED_PREFIX) or path.endswith(INFER_SUFFIX)
+        refusal = self._refusal(scope, limited)
+        if refusal is not None:
+            await answer(path, refusal)(scope, receive, exchange.send)
+            return
+        if limited:
+            exchange.hold(self.executor)
+        await self.app(scope, self._limit_body(receive, start), exchange.send)
 
     def _refusal(self, scope: Scope, limited: bool) -> ApiProblem | None:
         """503 past the in-flight limit; 413 when Content-Length already exceeds the limit."""
@@ -113,6 +108,35 @@ class ServiceMiddleware:
             return message
 
         return receive_limited
+
+
+class Exchange:
+    """One request as the middleware follows it: the status it answered (500 until it
+    answers), the headers added to its response, and its in-flight slot, which it gives back
+    when its response starts (the work is done; sending is the transport's, and the send
+    timeout bounds it)."""
+
+    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        self.downstream = send
+        self.headers = headers
+        self.status = 500
+        self.executor: Executor | None = None  # holding a slot of its requests at work
+
+    def hold(self, executor: Executor) -> None:
+        executor.requests_at_work += 1
+        self.executor = executor
+
+    def release(self) -> None:
+        if self.executor is not None:
+            self.executor.requests_at_work -= 1
+            self.executor = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message["headers"] = [*message.get("headers", ()), *self.headers]
+            self.release()
+        await self.downstream(message)
 
 
 def body_too_large(limit: int) -> ApiProblem:

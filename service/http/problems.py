@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from service.http.oip import ProtocolError
 from service.images.errors import ImageError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -23,6 +24,7 @@ PROBLEM_BASE = "https://vae-mnist.dev/problems/"
 # nginx's code for "client closed request": what the metrics count when a client hangs up
 # before its body has arrived (Starlette raises ClientDisconnect; it is not a server error).
 CLIENT_CLOSED_REQUEST = 499
+V2_PREFIX = "/v2"  # the Open Inference Protocol, whose errors are {"error": "..."}
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +149,30 @@ def _item(error: Mapping[str, Any], where: tuple[str, ...]) -> ProblemItem:
     )
 
 
+def answer(path: str, problem: ApiProblem) -> Response:
+    """The problem as the API of `path` writes its errors: problem+json (v1 and the rest),
+    or the Open Inference Protocol's `{"error": "..."}` under /v2."""
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        error = ProtocolError(problem.status_code, problem.problem.detail, problem.headers)
+        return protocol_response(error)
+    return problem.response()
+
+
+def protocol_response(error: ProtocolError) -> Response:
+    return Response(error.body(), error.status, error.headers, "application/json")
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ApiProblem):
-        return exc.response()
-    assert isinstance(exc, HTTPException)
-    slug = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
-    return ApiProblem(exc.status_code, slug, str(exc.detail), headers=exc.headers).response()
+    if not isinstance(exc, ApiProblem):
+        assert isinstance(exc, HTTPException)
+        slug = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "-")
+        exc = ApiProblem(exc.status_code, slug, str(exc.detail), headers=exc.headers)
+    return answer(request.scope["path"], exc)
+
+
+async def _on_protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProtocolError)
+    return protocol_response(exc)
 
 
 def from_image_error(exc: ImageError) -> ApiProblem:
@@ -167,7 +187,7 @@ async def _on_image_error(request: Request, exc: Exception) -> Response:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return from_validation_error(exc).response()
+    return answer(request.scope["path"], from_validation_error(exc))
 
 
 async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
@@ -178,7 +198,8 @@ async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return ApiProblem(500, "internal-error", "an unexpected error; this is a bug").response()
+    problem = ApiProblem(500, "internal-error", "an unexpected error; this is a bug")
+    return answer(request.scope["path"], problem)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -187,6 +208,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ImageError, _on_image_error)
+    app.add_exception_handler(ProtocolError, _on_protocol_error)
     app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)
 

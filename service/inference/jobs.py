@@ -1,10 +1,10 @@
 """A request's model work on images, as data, and running several requests' work together.
 
-A `Job` says what it runs in fields: its images and how to preprocess them (`source`,
-`options`), which latent code it takes (`z`: the mean, a draw from q(z|x) seeded by the
-request, or none), whether it decodes that code (`decode`), and `finish`, which turns the
-arrays into the request's response on whichever thread ran the job (the PNG or JSON is
-built there, not on the loop).
+A `Job` says what it runs in fields: its inputs (`source`: images and how to preprocess
+them, `options`, or model input rows as they are, `Rows`), which latent code it takes (`z`:
+the mean, a draw from q(z|x) seeded by the request, or none), whether it decodes that code
+(`decode`), and `finish`, which turns the arrays into the request's response on whichever
+thread ran the job (the PNG or JSON is built there, not on the loop).
 
 `run_jobs` serves jobs together with as few model runs as it can: per served model, one run
 of the fused reconstruct graph when every job that decodes decodes the mean, else one encoder
@@ -56,6 +56,21 @@ class ImageSource(Protocol):
 
 
 @dataclass(frozen=True)
+class Rows:
+    """Model input rows given as they are (the Open Inference Protocol's x): [B, D]."""
+
+    x: Array
+
+    @property
+    def count(self) -> int:
+        return len(self.x)
+
+    @property
+    def pixels(self) -> int:
+        return 0  # no image to decode
+
+
+@dataclass(frozen=True)
 class Result:
     """What a job's rows gave: x [B, D], mu and logvar [B, L]; z [B, L] when the job takes
     a latent code, and probs [B, D] when it decodes it (else None)."""
@@ -72,8 +87,8 @@ class Job(Generic[R]):
     """One request's model work on images (see the module)."""
 
     runtime: ModelRuntime
-    source: ImageSource
-    options: ImageOptions
+    source: ImageSource | Rows
+    options: ImageOptions | None  # how to preprocess images (None for Rows)
     z: Latent
     decode: bool
     finish: Callable[[Result], R]
@@ -96,7 +111,7 @@ def run_jobs(jobs: Sequence[Job[R]]) -> list[R | Exception]:
     outcomes: dict[int, R | Exception] = {}
     xs = _inputs(jobs, outcomes)
     groups: dict[int, list[int]] = {}
-    for i in xs:  # a hot swap can put two models in one batch
+    for i in sorted(xs):  # a hot swap can put two models in one batch
         groups.setdefault(id(jobs[i].runtime), []).append(i)
     for members in groups.values():
         try:
@@ -117,8 +132,13 @@ def _inputs(jobs: Sequence[Job[R]], failed: dict[int, R | Exception]) -> dict[in
     All the jobs' images are preprocessed in one `model_inputs` call (its numpy calls cover
     the batch)."""
     read: list[tuple[int, Sequence[OpenedImage], ImageOptions]] = []
+    xs: dict[int, Array] = {}
     for i, job in enumerate(jobs):
+        if isinstance(job.source, Rows):
+            xs[i] = job.source.x
+            continue
         try:
+            assert job.options is not None, "a job of images needs its preprocessing options"
             read.append((i, job.source.images(), job.options))
         except Exception as exc:
             failed[i] = exc
@@ -126,10 +146,9 @@ def _inputs(jobs: Sequence[Job[R]], failed: dict[int, R | Exception]) -> dict[in
         rows = iter(
             model_inputs([(image, options) for _, images, options in read for image in images])
         )
-    except Exception as exc:  # preprocessing itself failed: every job hears of it
+    except Exception as exc:  # preprocessing itself failed: every job of images hears of it
         failed.update((i, exc) for i, _, _ in read)
-        return {}
-    xs: dict[int, Array] = {}
+        return xs
     for i, images, _ in read:
         x = stack_rows([next(rows) for _ in images])
         if isinstance(x, ImageError):

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import shutil
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
+import httpx
 import numpy as np
 import onnx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.http.transport import GuardedHttpToolsProtocol
+from service.main import server_config
 from service.model.repository import ModelRepository, Rejection, VersionEntry
+from service.settings import Settings
 
 Edit = Callable[[Path, dict[str, Any]], None]
 
@@ -191,3 +199,48 @@ class ThreadLoad:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=120)
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[int]:
+    """uvicorn, configured as `vae-serve` configures it, in a thread; yields the port."""
+    config = server_config(settings)
+    assert config.loop == "uvloop"
+    assert isinstance(config.http, type) and issubclass(config.http, GuardedHttpToolsProtocol)
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn to start")
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+async def concurrently(
+    app: Any, requests: list[tuple[str, bytes, str]], headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
+    """POST every (path, body, content type) at once to the app, its lifespan running."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            posts = [
+                client.post(path, content=body, headers={"content-type": kind, **(headers or {})})
+                for path, body, kind in requests
+            ]
+            return await asyncio.gather(*posts)
+
+
+def batched_sizes(app: Any) -> tuple[float, float]:
+    """(batches run, requests they served) from the app's metrics."""
+    text = app.services.metrics.exposition().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("vae_inference_batch_size_")
+    }
+    return values["vae_inference_batch_size_count"], values["vae_inference_batch_size_sum"]

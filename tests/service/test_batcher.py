@@ -6,9 +6,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +19,7 @@ from service.inference.jobs import Draw, Job, Result, run_jobs
 from service.model.runtime import ModelRuntime
 from service.settings import Settings
 from tests.service.jobs_helpers import alone, assert_same, binary_x, image_job, job, load_runtime
-from tests.service.service_helpers import install, metric
+from tests.service.service_helpers import batched_sizes, concurrently, install, metric
 from tests.service.service_samples import PNG, digit_png, gray_array_png, multipart, photo_png
 
 
@@ -206,29 +204,6 @@ def test_lone_requests_run_inline_with_the_same_bytes(
         assert on.content == off.content, path
     assert metric(batched, "vae_inference_batch_size_count") == 0
     assert metric(batched, "vae_inference_duration_seconds_count", operation="reconstruct") == 2
-
-
-async def concurrently(app: Any, requests: list[tuple[str, bytes, str]]) -> list[httpx.Response]:
-    """POST every (path, body, content type) at once to the app, its lifespan running."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            posts = [
-                client.post(path, content=body, headers={"content-type": kind})
-                for path, body, kind in requests
-            ]
-            return await asyncio.gather(*posts)
-
-
-def batched_sizes(app: Any) -> tuple[float, float]:
-    """(batches run, requests they served) from the app's metrics."""
-    text = app.services.metrics.exposition().decode()
-    values = {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("vae_inference_batch_size_")
-    }
-    return values["vae_inference_batch_size_count"], values["vae_inference_batch_size_sum"]
 
 
 def test_concurrent_requests_are_batched_with_the_same_bytes(

@@ -5,27 +5,23 @@ Requests are held in flight by sending their headers and only part of the body.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.http.transport import GuardedHttpToolsProtocol
-from service.main import server_config
 from service.settings import Settings
 from tests.service import service_samples as samples
-from tests.service.service_helpers import install, wait_for
+from tests.service.service_helpers import install, serving, wait_for
 
 BODY = samples.digit_png()
 
@@ -34,6 +30,16 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str],
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def post(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=body)
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
@@ -72,26 +78,6 @@ def finish(sock: socket.socket) -> bytes:
     return reply
 
 
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[int]:
-    """uvicorn, configured as `vae-serve` configures it, in a thread; yields the port."""
-    config = server_config(settings)
-    assert config.loop == "uvloop"
-    assert isinstance(config.http, type) and issubclass(config.http, GuardedHttpToolsProtocol)
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
-    try:
-        wait_for(lambda: server.started, what="uvicorn to start")
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
 @pytest.fixture
 def server(
     repo: Path, published: dict[str, Path], make_settings: Callable[..., Settings]
@@ -112,6 +98,10 @@ def test_past_the_in_flight_limit_503_with_retry_after_and_healthz_still_answers
     assert status == 503 and headers["retry-after"] == "3"
     assert headers["content-type"] == "application/problem+json" and b"in flight" in body
     assert time.monotonic() - started < 1.0
+    status, headers, body = post(server, "/v2/models/vae/infer", b"{}")  # the same limit
+    assert status == 503 and headers["retry-after"] == "3"
+    assert json.loads(body) == {"error": "2 requests are already in flight; retry after 3 s"}
+    assert get(server, "/v2/models/vae")[0] == 200  # metadata is not limited
     for path in ("/healthz", "/readyz", "/metrics"):
         assert get(server, path)[0] == 200, path
     replies = [finish(sock) for sock in held]
