@@ -1,39 +1,86 @@
-"""`vae-serve`: validate the settings, then run the app under uvicorn (uvloop + httptools)."""
+"""`vae-serve`: validate the settings, then run the app under uvicorn (uvloop + httptools),
+as one process or as VAE_WORKERS processes sharing the port.
+
+Workers are uvicorn's own supervisor (uvicorn.supervisors.Multiprocess): the parent binds
+the port and starts the workers, each a fresh interpreter that builds the app, loads and
+validates the model and watches the repository itself; the parent replaces a worker that
+dies or stops answering its health check, and on SIGTERM asks every worker to drain
+(VAE_GRACEFUL_SHUTDOWN_S) before it exits. docs/scaling.md has the figures.
+"""
 
 from __future__ import annotations
 
+import functools
 import gc
-import logging
 import sys
 import warnings
+from typing import Any
 
 import uvicorn
 from PIL import Image
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
-from service.http.app import create_app
-from service.http.transport import ConnectionGuard, ConnectionLimits, protocol_class
+from service.http import logs
+from service.http.app import ServiceApp, create_app
+from service.http.transport import ConnectionGuard, ConnectionLimits, GuardedHttpToolsProtocol
 from service.model.memory import map_large_buffers
 from service.settings import Settings
 
 GC_THRESHOLDS = (50_000, 50, 50)  # the defaults are (700, 10, 10): allocations, then sweeps
 
 
-def server_config(settings: Settings) -> uvicorn.Config:
+class ServiceConfig(uvicorn.Config):
+    """uvicorn's configuration for this service. Every process that serves (the single one,
+    or each worker) calls `load`: the app is built there, then the connection guard, and,
+    when `tune` is set (vae-serve; not tests sharing their process), the process is tuned."""
+
+    def __init__(self, settings: Settings, *, tune: bool = False) -> None:
+        self.settings = settings
+        self.tune = tune
+        self.guard: ConnectionGuard | None = None
+        super().__init__(
+            functools.partial(create_app, settings),  # picklable, for the workers
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http=GuardedHttpToolsProtocol,
+            lifespan="on",
+            workers=settings.workers,
+            log_config=None,  # logs.configure, below
+            access_log=False,  # the middleware writes its own (VAE_ACCESS_LOG)
+            timeout_graceful_shutdown=settings.graceful_shutdown_s,
+            server_header=False,
+        )
+
+    def configure_logging(self) -> None:
+        logs.configure(self.settings.log_level, self.settings.log_format)
+
+    def load(self) -> None:
+        super().load()
+        app: Any = self.loaded_app
+        while not isinstance(app, ServiceApp):  # inside uvicorn's own middleware
+            app = app.app
+        self.guard = ConnectionGuard(connection_limits(self.settings), app.services.metrics)
+        if self.tune:
+            tune_process()
+
+
+class Workers(Multiprocess):
+    """uvicorn's supervisor, which closes its copy of the listening socket before it asks
+    the workers to drain: new connections are then refused at once, as with one process,
+    instead of queueing for workers that no longer accept them."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+
+def server_config(settings: Settings, *, tune: bool = False) -> ServiceConfig:
     """The uvicorn configuration `vae-serve` runs (tests run the same one)."""
-    app = create_app(settings)
-    guard = ConnectionGuard(connection_limits(settings), app.services.metrics)
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=protocol_class(guard),
-        lifespan="on",
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        server_header=False,
-    )
+    return ServiceConfig(settings, tune=tune)
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -48,28 +95,11 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
     )
 
 
-def load_settings() -> Settings:
-    """Settings from the environment; invalid ones end the process with a clear message."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        lines = [
-            f"  VAE_{'_'.join(str(p) for p in e['loc']).upper() or '?'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
-        sys.exit("vae-serve: invalid settings:\n" + "\n".join(lines))
-
-
-def main() -> None:
-    """Entry point of the `vae-serve` console script."""
-    settings = load_settings()
+def tune_process() -> None:
+    """Once the app is built: the garbage collector and the allocator, in every worker."""
     # The service checks width x height against VAE_MAX_IMAGE_PIXELS before decoding, and
     # answers 422; PIL's own warning for the same thing would only add noise to the log.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = server_config(settings)
     # Everything imported and built so far lives as long as the process: move it out of the
     # cyclic collector's reach, or each full collection walks it all (~45 ms here, which was
     # the whole p99 of a reconstruct at 16 connections). Requests make little cyclic garbage,
@@ -79,7 +109,36 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     map_large_buffers()  # large answers and images give their memory back when freed
-    uvicorn.Server(config).run()
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; invalid ones, or VAE_* variables that name no setting,
+    end the process with a clear message."""
+    lines = [
+        f"  {name}: not a setting (docs/api.md lists them)" for name in Settings.unknown_variables()
+    ]
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        lines += [
+            f"  VAE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else f"  {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+    if lines:
+        sys.exit("vae-serve: invalid settings:\n" + "\n".join(lines))
+    return settings
+
+
+def main() -> None:
+    """Entry point of the `vae-serve` console script."""
+    config = server_config(load_settings(), tune=True)
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        Workers(config, sockets=[config.bind_socket()]).run()
+    else:
+        server.run()
 
 
 if __name__ == "__main__":

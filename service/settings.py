@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["text", "json"]
+# Workers x ORT threads per session beyond this many per core only queue for the cores.
+MAX_THREADS_PER_CORE = 2
 
 
 class Settings(BaseSettings):
@@ -102,7 +106,28 @@ class Settings(BaseSettings):
         default=10, ge=0, description="Seconds shutdown waits for accepted requests."
     )
     static_dir: Path = Field(default=STATIC_DIR, description="The web page, served at /.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port; each loads the model and watches the "
+        "repository itself, and a worker that dies is replaced.",
+    )
     log_level: LogLevel = "info"
+    log_format: LogFormat = Field(
+        default="text", description="`text` lines, or `json`: one JSON object per line."
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One line per request (request id, method, path, status, duration, model "
+        "version); its cost is in docs/benchmarks.md.",
+    )
+
+    @classmethod
+    def unknown_variables(cls) -> list[str]:
+        """VAE_* environment variables that name no setting (a typo is ignored otherwise)."""
+        known = {f"VAE_{name.upper()}" for name in cls.model_fields}
+        return sorted(name for name in os.environ if name.startswith("VAE_") and name not in known)
 
     @field_validator("model_repository", mode="before")
     @classmethod
@@ -113,6 +138,18 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _threads_fit_the_cores(self) -> Settings:
+        cores = os.cpu_count() or 1
+        threads = self.workers * self.ort_intra_op_threads
+        if threads > MAX_THREADS_PER_CORE * cores:
+            raise ValueError(
+                f"workers ({self.workers}) x ort_intra_op_threads ({self.ort_intra_op_threads}) "
+                f"= {threads} threads would queue for {cores} cores; keep it at most "
+                f"{MAX_THREADS_PER_CORE * cores}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _paths_are_directories(self) -> Settings:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,7 +100,9 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         batch_max_delay_s=settings.batch_max_delay_ms / 1000,
     )
     deadlines = BodyDeadlines(settings.body_timeout_s)
-    services = Services(settings, ModelHolder(), metrics, executor, deadlines)
+    served_by = f"{socket.gethostname()}/{os.getpid()}"
+    metrics.instance.labels(served_by=served_by).set(1)
+    services = Services(settings, ModelHolder(), metrics, executor, deadlines, served_by)
     app = ServiceApp(
         services,
         title="vae-mnist",

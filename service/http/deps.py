@@ -32,6 +32,7 @@ class Services:
     metrics: Metrics
     executor: Executor
     deadlines: BodyDeadlines
+    served_by: str  # which replica and process answers: X-Served-By, /v1/models, /metrics
 
 
 @dataclass(frozen=True)

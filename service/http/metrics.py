@@ -56,6 +56,12 @@ class Metrics:
         self.in_flight = Gauge(
             "vae_http_requests_in_flight", "HTTP requests being served now.", registry=r
         )
+        self.instance = Gauge(
+            "vae_instance_info",
+            "Which replica and process this is (value 1).",
+            ["served_by"],
+            registry=r,
+        )
         self.connections = Gauge(
             "vae_http_connections", "Open client connections (VAE_MAX_CONNECTIONS).", registry=r
         )

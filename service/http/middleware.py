@@ -12,10 +12,13 @@ a client that never reads cannot keep slots from others.
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http import logs
 from service.http.deps import SNAPSHOT_SCOPE_KEY, Services
 from service.http.problems import ApiProblem, answer
 from service.inference.executor import Executor
@@ -25,6 +28,11 @@ from service.inference.executor import Executor
 LIMITED_PREFIX = "/v1/"
 INFER_SUFFIX = "/infer"
 VERSION_HEADER = b"x-model-version"
+REQUEST_ID_HEADER = b"x-request-id"
+SERVED_BY_HEADER = b"x-served-by"
+# A request id a client or balancer sends is kept when it is this (a UUID, a trace id, ...);
+# anything else is replaced, so that no header or log line carries what a client made up.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
 
 
 class ServiceMiddleware:
@@ -36,6 +44,8 @@ class ServiceMiddleware:
         # Requests at work are counted on the executor (it batches only when there are
         # several); touched only on the event loop thread.
         self.executor = services.executor
+        self.fixed_headers = [(SERVED_BY_HEADER, services.served_by.encode())]
+        self.access_log = services.settings.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,7 +56,10 @@ class ServiceMiddleware:
             scope = {**scope, "method": "GET"}
         snapshot = self.services.holder.snapshot
         scope[SNAPSHOT_SCOPE_KEY] = snapshot
-        exchange = Exchange(send, [(VERSION_HEADER, snapshot.version_label.encode())])
+        version, request_id = snapshot.version_label, request_id_of(scope["headers"])
+        token = logs.REQUEST_ID.set(request_id)
+        exchange = Exchange(send, [*self.fixed_headers, (VERSION_HEADER, version.encode())])
+        exchange.headers.append((REQUEST_ID_HEADER, request_id.encode()))
         start = time.perf_counter()
         metrics = self.services.metrics
         metrics.in_flight.inc()
@@ -57,6 +70,10 @@ class ServiceMiddleware:
             metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
             metrics.observe_request(_route_label(scope), method, exchange.status, elapsed)
+            if self.access_log:
+                served_by, path = self.services.served_by, scope["path"]
+                logs.access(request_id, method, path, exchange.status, elapsed, version, served_by)
+            logs.REQUEST_ID.reset(token)
 
     async def _serve(
         self, scope: Scope, receive: Receive, exchange: Exchange, start: float
@@ -157,6 +174,14 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's X-Request-ID when it is well formed, else a new random one."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER and REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return secrets.token_hex(16)
 
 
 def _route_label(scope: Scope) -> str:

@@ -176,6 +176,7 @@ class ModelsResponse(BaseModel):
 
     model_config = _example(
         ready=True,
+        served_by="api-1/7",
         detail="serving version 2 from the model repository",
         serving={"version": 2, "source": "repository", "manifest": {"version": 2}},
         versions=[
@@ -189,6 +190,7 @@ class ModelsResponse(BaseModel):
         ],
     )
     ready: bool
+    served_by: str = Field(description="The replica and process that answered: host/pid.")
     detail: str
     serving: ServingModel | None
     versions: list[VersionInfo]

@@ -120,12 +120,14 @@ class ConnectionGuard:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of `ConnectionGuard` (see the module).
-    A server runs a subclass bound to its guard: `protocol_class(guard)`."""
-
-    guard: ConnectionGuard
+    Its guard is the uvicorn configuration's `guard` attribute (service.main.ServiceConfig
+    builds it in each process that serves)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        guard = getattr(self.config, "guard", None)
+        assert isinstance(guard, ConnectionGuard), "the uvicorn Config must carry a guard"
+        self.guard = guard
         self.url = b""
         self.head_since: float | None = None  # when the request head now arriving began
         self.head_read = 0  # bytes read since then (the head, and what follows it in a read)
@@ -254,11 +256,6 @@ class WriteSizeTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-def protocol_class(guard: ConnectionGuard) -> type[GuardedHttpToolsProtocol]:
-    """The protocol class for uvicorn's `http` option: every connection shares `guard`."""
-    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": guard})
 
 
 def problem_message(status: int, slug: str, detail: str) -> bytes:

@@ -206,7 +206,7 @@ def serving(settings: Settings) -> Iterator[int]:
     """uvicorn, configured as `vae-serve` configures it, in a thread; yields the port."""
     config = server_config(settings)
     assert config.loop == "uvloop"
-    assert isinstance(config.http, type) and issubclass(config.http, GuardedHttpToolsProtocol)
+    assert config.http is GuardedHttpToolsProtocol
     server = uvicorn.Server(config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -48,7 +48,7 @@ async def metrics(services: ServicesDep) -> Response:
 @router.get(
     "/v1/models", response_model=ModelsResponse, tags=["models"], responses=problem_responses(503)
 )
-async def models(snapshot: SnapshotDep) -> ModelsResponse:
+async def models(snapshot: SnapshotDep, services: ServicesDep) -> ModelsResponse:
     """The served manifest, every version seen, and why any were rejected."""
     runtime = snapshot.runtime
     serving = None
@@ -57,6 +57,7 @@ async def models(snapshot: SnapshotDep) -> ModelsResponse:
             version=runtime.version, source=runtime.source, manifest=runtime.manifest.document
         )
     return ModelsResponse(
+        served_by=services.served_by,
         ready=runtime is not None,
         detail=snapshot.detail,
         serving=serving,
