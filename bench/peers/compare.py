@@ -1,7 +1,7 @@
 """vae-serve against TorchServe on the same request, side by side: req/s, p50, p99, memory.
 
     python bench/peers/compare.py [--workers 1 2] [--connections 1 16 64] [--rounds 5]
-        [--duration 3] [--quick]
+        [--duration 3] [--warmup 40] [--quick]
 
 Both serve the seed network `make seed-model` trained (vae-serve its published ONNX version in
 models-seed/, TorchServe the same checkpoint's weights in eager PyTorch) for one request: a
@@ -15,11 +15,12 @@ its default) and TorchServe with N workers. Each is warmed up with `--warmup` se
 at c=16 (TorchServe's JVM compiles its hot paths for about 30 s: its frontend's CPU per request
 fell from 2.8 to 0.65 ms over that time here) and 1 s at each concurrency. Then every round
 runs wrk (one thread) against one then the other at each concurrency, the order swapped every
-round, and the table gives medians over the rounds; the req/s ratio is the median of the
-rounds' ratios (each pair measured seconds apart). Memory is the resident memory summed over
-each server's process tree after each run (pages shared between processes count in each).
-A vae-serve without a multi-worker mode (one that refuses VAE_WORKERS, or ignores it and runs
-as one process) is skipped for N > 1.
+round. The table gives medians over the rounds; its ratios (req/s, and server CPU per request
+from /proc over each server's process tree) are medians of the rounds' ratios, each pair
+measured seconds apart. Memory is the resident memory summed over each server's process tree
+after each run (pages shared between processes count in each). A vae-serve without a
+multi-worker mode (one that refuses VAE_WORKERS, or ignores it and runs as one process) is
+skipped for N > 1.
 
 `--quick` is a smoke run of a few seconds per side: one worker, c=16, one round of 1 s.
 """
@@ -161,8 +162,9 @@ def measure(
 
 HEADER = [
     "| workers | c | vae-serve req/s | p50 ms | p99 ms | MB | CPU us/req "
-    "| TorchServe req/s | p50 ms | p99 ms | MB | CPU us/req | vae-serve / TorchServe | errors |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| TorchServe req/s | p50 ms | p99 ms | MB | CPU us/req "
+    "| req/s: vae-serve / TorchServe | CPU per request: TorchServe / vae-serve | errors |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
 ]
 
 
@@ -180,6 +182,13 @@ def side_cells(samples: list[Sample]) -> list[str]:
     ]
 
 
+def round_ratio(numerators: list[float], denominators: list[float]) -> str:
+    """The median over rounds of each round's ratio; empty when a side was skipped."""
+    if not numerators or not denominators:
+        return ""
+    return f"{median([a / b for a, b in zip(numerators, denominators, strict=True)]):.2f}x"
+
+
 def rows(
     workers: int, samples: dict[tuple[str, int], list[Sample]], c_list: list[int]
 ) -> list[str]:
@@ -187,10 +196,10 @@ def rows(
     lines = []
     for c in c_list:
         vae, ts = samples.get(("vae-serve", c), []), samples[("TorchServe", c)]
-        pairs = zip((r.rps for r, _ in vae), (r.rps for r, _ in ts), strict=False)
-        ratio = f"{median([a / b for a, b in pairs]):.2f}x" if vae else ""
+        speed = round_ratio([r.rps for r, _ in vae], [r.rps for r, _ in ts])
+        cost = round_ratio([r.cpu_us for r, _ in ts], [r.cpu_us for r, _ in vae])
         errors = "/".join(str(sum(r.errors for r, _ in side)) for side in (vae, ts))
-        cells = [str(workers), str(c), *side_cells(vae), *side_cells(ts), ratio, errors]
+        cells = [str(workers), str(c), *side_cells(vae), *side_cells(ts), speed, cost, errors]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
