@@ -1,4 +1,5 @@
-"""Shared pieces of the serving benchmarks: start `vae-serve`, drive it with wrk, read /proc.
+"""Shared pieces of the serving benchmarks: start `vae-serve` (or any server: `spawn` and
+`wait_ready`), drive it with wrk, read its process tree in /proc (bench/processes.py).
 
 The server is the project's own serve path: the `vae-serve` console script of this
 interpreter's environment (uvicorn, uvloop, httptools, one worker), on 127.0.0.1 with access

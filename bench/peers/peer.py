@@ -72,7 +72,7 @@ def build_archive(store: Path) -> Path:
 
 @contextlib.contextmanager
 def running(workers: int, store: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """TorchServe with `workers` Python workers on free loopback ports, answering /ping.
+    """TorchServe with `workers` Python workers on free loopback ports, all of them ready.
 
     Started in the foreground the way its docs show, with bench/peers/config.properties and
     log4j2.xml; its pid file, logs and unpacked model go to a temporary directory."""
