@@ -5,11 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 SERVE_VENV ?= .venv-serve
 TOOLS_VENV ?= .venv-tools
+PEERS_VENV ?= .venv-peers
+PEERS_ARGS ?=
 PYTEST_ARGS ?=
 MNIST_DIR ?= ../shared/data/mnist
 DEFAULT_PRESET ?= compact
 
-.PHONY: serve test lint typecheck imports pytest lock bench bench-quick default-model seed-model clean
+.PHONY: serve test lint typecheck imports pytest lock bench bench-quick bench-peers default-model \
+	seed-model clean
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -74,6 +77,19 @@ bench: $(VENV)/.installed
 bench-quick: $(VENV)/.installed
 	$(VENV)/bin/python bench/run_all.py --quick
 
+$(PEERS_VENV)/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet -r bench/peers/requirements.txt
+	touch $@
+
+## bench-peers: vae-serve against TorchServe on the same request, side by side (bench/peers/;
+## not in CI). Needs Java 17 and wrk (installed with apt when missing) and the seed model
+## (trained when missing). PEERS_ARGS=--quick for a smoke run.
+bench-peers: $(VENV)/.installed $(PEERS_VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	test -f runs/seed/checkpoints/last.pt || $(MAKE) seed-model
+	MNIST_DIR=$(MNIST_DIR) $(VENV)/bin/python bench/peers/compare.py $(PEERS_ARGS)
+
 ## default-model: retrain the chosen preset on the real MNIST and publish it as the embedded model,
 ## version 0 (so the first version training publishes, 1, is told apart in X-Model-Version)
 default-model: $(VENV)/.installed
@@ -90,4 +106,4 @@ seed-model: $(VENV)/.installed
 		--run-dir runs/seed --model-repository models-seed --no-progress
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache

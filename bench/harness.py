@@ -1,4 +1,5 @@
-"""Shared pieces of the serving benchmarks: start `vae-serve`, drive it with wrk, read /proc.
+"""Shared pieces of the serving benchmarks: start `vae-serve` (or any server: `spawn` and
+`wait_ready`), drive it with wrk, read its process tree in /proc (bench/processes.py).
 
 The server is the project's own serve path: the `vae-serve` console script of this
 interpreter's environment (uvicorn, uvloop, httptools, one worker), on 127.0.0.1 with access
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import processes
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_TRAIN = ROOT.parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MNIST_DIR = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+MNIST_TRAIN = MNIST_DIR / "train-images-idx3-ubyte.gz"
 SERVER_CPU, CLIENT_CPU = "1", "0"  # taskset core lists when pinning
 
 
@@ -72,15 +74,17 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the whole process (every thread) so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        """User + system CPU so far of the process and its descendants (every thread)."""
+        return sum(processes.cpu_seconds(pid) for pid in processes.tree(self.process.pid))
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        assert match is not None
-        return int(match.group(1)) / 1024
+        """Resident memory of the process alone."""
+        return processes.rss_mb(self.process.pid)
+
+    def tree_rss_mb(self) -> float:
+        """Resident memory summed over the process and its descendants (worker processes):
+        pages two processes share count twice."""
+        return sum(processes.rss_mb(pid) for pid in processes.tree(self.process.pid))
 
     def log_tail(self, size: int = 4000) -> str:
         self.log.seek(0, os.SEEK_END)
@@ -88,6 +92,9 @@ class Server:
         return self.log.read().decode(errors="replace")
 
     def stop(self) -> None:
+        """SIGTERM the process, then any descendant it left behind (a launcher that does not
+        pass the signal on); SIGKILL whatever is still there after 15 s."""
+        tree = processes.tree(self.process.pid)[1:] if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -95,6 +102,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        processes.end(tree)
         self.log.close()
 
 
@@ -119,6 +127,11 @@ def tree_command(tree: Path) -> list[str]:
     return [sys.executable, "-S", "-c", code]
 
 
+class ServerFailed(SystemExit):
+    """The server exited or did not become ready; uncaught, it ends the script with its
+    message (as `sys.exit` would)."""
+
+
 def start_server(
     env: dict[str, str] | None = None,
     cpus: str | None = None,
@@ -135,26 +148,36 @@ def start_server(
         "VAE_LOG_LEVEL": "warning",
         **(env or {}),
     }
+    server = spawn(pinned(command or serve_command(), cpus), environment, port)
+    wait_ready(server, "/readyz", timeout_s, poll_s)
+    return server
+
+
+def spawn(command: list[str], env: dict[str, str], port: int, cwd: Path | None = None) -> Server:
+    """Start a server process whose output goes to a temporary file."""
     # The log goes to a file: a pipe nobody reads fills up and blocks the server.
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by Server.stop)
     started = time.perf_counter()
-    process = subprocess.Popen(
-        pinned(command or serve_command(), cpus),
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = Server(process, port, started, log)
-    deadline = started + timeout_s
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    return Server(process, port, started, log)
+
+
+def wait_ready(server: Server, path: str, timeout_s: float = 60.0, poll_s: float = 0.01) -> None:
+    """Poll `path` until it answers 200; stop the server and raise ServerFailed if it exits
+    or `timeout_s` passes first."""
+    name = Path(server.process.args[0]).name  # type: ignore[index]
+    deadline = server.started + timeout_s
     while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"vae-serve exited with {process.returncode}:\n{server.log_tail()}")
-        if _status(f"{server.url}/readyz") == 200:
-            server.ready_s = time.perf_counter() - started
-            return server
+        if server.process.poll() is not None:
+            tail = server.log_tail()
+            server.stop()
+            raise ServerFailed(f"{name} exited with {server.process.returncode}:\n{tail}")
+        if _status(f"{server.url}{path}") == 200:
+            server.ready_s = time.perf_counter() - server.started
+            return
         time.sleep(poll_s)
     server.stop()
-    sys.exit(f"vae-serve was not ready within {timeout_s} s")
+    raise ServerFailed(f"{name} was not ready within {timeout_s} s")
 
 
 @contextlib.contextmanager
@@ -291,7 +314,7 @@ def median(values: Sequence[float]) -> float:
 
 def digit_png() -> bytes:
     """A 28x28 8-bit gray PNG of a handwritten digit: MNIST's first training image when the
-    shared data set is here, else a drawn 7 of the same size."""
+    data set is in MNIST_DIR (default ../shared/data/mnist), else a drawn 7 of the same size."""
     if MNIST_TRAIN.exists():
         with gzip.open(MNIST_TRAIN) as f:
             f.read(16)  # IDX header: magic, count, rows, cols
