@@ -50,7 +50,7 @@ imports: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 pytest: $(VENV)/.installed $(TOOLS_VENV)/.installed
-	VAE_TOOLS_BIN=$(abspath $(TOOLS_VENV))/bin $(VENV)/bin/pytest $(PYTEST_ARGS)
+	DEPLOY_TOOLS_BIN=$(abspath $(TOOLS_VENV))/bin $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The images install from these locks with --require-hashes (see docs/containers.md). Torch is
 # resolved as pip finds it (the local CPU wheel here): LOCK_TORCH_OPTIONS may point pip at the

@@ -1,7 +1,7 @@
 """The Kubernetes manifests as the tests see them: rendered by kubectl kustomize, parsed.
 
 The tools come from the tool virtual environment (`make .venv-tools/.installed`, pinned in
-requirements/tools.txt; VAE_TOOLS_BIN names its bin directory). Without them the tests skip
+requirements/tools.txt; DEPLOY_TOOLS_BIN names its bin directory). Without them the tests skip
 and say how to get them, except under CI=true, where they fail.
 """
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "production")
 KSERVE = KUBERNETES / "kserve" / "inferenceservice.yaml"
-TOOLS_BIN = Path(os.environ.get("VAE_TOOLS_BIN", REPO / ".venv-tools" / "bin"))
+TOOLS_BIN = Path(os.environ.get("DEPLOY_TOOLS_BIN", REPO / ".venv-tools" / "bin"))
 WORKLOAD_KINDS = ("Deployment", "Job", "CronJob")
 
 Doc = dict[str, Any]
