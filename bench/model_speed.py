@@ -43,6 +43,7 @@ from PIL import Image
 
 from service import imaging, preprocess
 from service.latent import Array
+from service.loader import load_runtime
 from service.manifest import read_manifest
 from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
 from service.responses import json_response, png_response
@@ -71,9 +72,7 @@ def alternate(
 
 
 def runtime(model_dir: Path, threads: int) -> ModelRuntime:
-    return ModelRuntime.load(
-        model_dir, read_manifest(model_dir), threads=threads, source="repository"
-    )
+    return load_runtime(model_dir, read_manifest(model_dir), threads=threads, source="repository")
 
 
 def torch_twin(model_dir: Path) -> VAE:

@@ -13,6 +13,11 @@ import numpy.typing as npt
 
 Array = npt.NDArray[np.float32]
 InterpolationMethod = Literal["linear", "slerp"]
+# The latent range the API accepts, which validation covers (service.loader): GET /v1/sample
+# draws z ~ N(0, temperature^2 I) up to MAX_TEMPERATURE; POST /v1/decode takes |z_i| <= MAX_ABS_Z
+# (beyond it is no latent code a Gaussian prior would give).
+MAX_TEMPERATURE = 10.0
+MAX_ABS_Z = 1000.0
 _LOG_2PI = math.log(2.0 * math.pi)
 _PARALLEL = 1e-9  # below this |sin| between two directions, they are (anti)parallel
 

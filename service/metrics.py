@@ -83,6 +83,11 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+        self.withdrawals = Counter(
+            "vae_model_withdrawals",
+            "Served model versions withdrawn because a run gave a non-finite output.",
+            registry=r,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         labels = {"route": route, "method": method, "status": str(status)}
@@ -115,6 +120,9 @@ class Metrics:
         if serving is not None:
             self.model_info.labels(version=str(serving.version), source=serving.source).set(1)
         self.model_ready.set(0 if serving is None else 1)
+
+    def record_withdrawals(self, count: int) -> None:
+        self.withdrawals.inc(count)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of everything above."""

@@ -15,11 +15,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from service.runtime import NonFiniteOutputError
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://vae-mnist.dev/problems/"
 # nginx's code for "client closed request": what the metrics count when a client hangs up
 # before its body has arrived (Starlette raises ClientDisconnect; it is not a server error).
 CLIENT_CLOSED_REQUEST = 499
+# A withdrawn version is replaced by the next poll, which it wakes at once: a load takes well
+# under a second.
+WITHDRAWN_RETRY_AFTER_S = 1
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +168,36 @@ async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+def model_withdrawn(exc: NonFiniteOutputError) -> ApiProblem:
+    """The one right 5xx: the model is broken, not the request. The version is withdrawn
+    (service.watcher) and another serves the retry."""
+    return ApiProblem(
+        503,
+        "model-withdrawn",
+        f"model version {exc.version} produced non-finite output and was withdrawn; retry",
+        title="Model withdrawn",
+        headers={"Retry-After": str(WITHDRAWN_RETRY_AFTER_S)},
+    )
+
+
+async def _on_non_finite_output(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NonFiniteOutputError)
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return model_withdrawn(exc).response()
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return ApiProblem(500, "internal-error", "an unexpected error; this is a bug").response()
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Route HTTPException, validation errors and anything unexpected to problem+json."""
+    """Route HTTPException, validation errors, a broken model's output and anything
+    unexpected to problem+json."""
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
+    app.add_exception_handler(NonFiniteOutputError, _on_non_finite_output)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
@@ -182,7 +207,8 @@ STATUS_DESCRIPTIONS = {
     413: "The body is larger than `VAE_MAX_BODY_BYTES` (also when sent chunked).",
     415: "The Content-Type is not one this operation accepts.",
     422: "Invalid input: the problem names the field and what was expected.",
-    503: "No valid model is loaded, or too many requests are in flight (see Retry-After).",
+    503: "No valid model is loaded, too many requests are in flight, or the model gave a "
+    "non-finite output and was withdrawn (see Retry-After).",
 }
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
+from service.loader import ModelLoadError, load_runtime
 from service.manifest import MANIFEST_FILE, ManifestError, read_manifest
-from service.runtime import ModelLoadError, ModelRuntime, Source
+from service.runtime import ModelRuntime, NonFiniteOutputError, Source
 
 MODEL_NAME = "vae"
 # serving; available: validated by this process, not served now; unvalidated: complete but
@@ -52,13 +56,32 @@ class Rejection:
     reason: str
 
 
-class ModelRepository:
-    """Scans one root and loads its best version; used from one thread at a time."""
+@dataclass(frozen=True)
+class Withdrawal:
+    """A served version gave a non-finite output: withdraw these files of it."""
 
-    def __init__(self, root: Path, source: Source, threads: int) -> None:
+    source: Source
+    version: int
+    fingerprint: Fingerprint
+    error: NonFiniteOutputError
+    at: float  # time.time() when it happened
+
+
+class ModelRepository:
+    """Scans one root and loads its best version; used from one thread at a time (but for
+    the runtimes' reports, which only call `on_broken`)."""
+
+    def __init__(
+        self,
+        root: Path,
+        source: Source,
+        threads: int,
+        on_broken: Callable[[Withdrawal], None] | None = None,
+    ) -> None:
         self.root = root
         self.source: Source = source
         self.threads = threads
+        self.on_broken = on_broken  # called from any thread: see ModelRuntime.report
         self._rejected: dict[int, tuple[Fingerprint, str]] = {}
         self._validated: dict[int, Fingerprint] = {}
 
@@ -91,6 +114,26 @@ class ModelRepository:
                 rejections.append(self._reject(entry, str(exc)))
         return None, rejections
 
+    def withdraw(self, withdrawal: Withdrawal) -> Rejection | None:
+        """Reject a served version that gave a non-finite output, until its files change.
+
+        None when these files of it are not the validated ones (already withdrawn, or
+        replaced since the run that failed): nothing to do.
+        """
+        version, fingerprint = withdrawal.version, withdrawal.fingerprint
+        if self._validated.get(version) != fingerprint:
+            return None
+        del self._validated[version]
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(withdrawal.at))
+        error = withdrawal.error
+        reason = (
+            f"withdrawn at {when}: the {error.graph} graph's {error.output} was not finite "
+            "on a request"
+        )
+        self._rejected[version] = (fingerprint, reason)
+        log.error("%s version %d: %s", self.source, version, reason)
+        return Rejection(version, self.source, reason)
+
     def rejection(self, entry: VersionEntry) -> str | None:
         """Why this version (with these exact files) was rejected, if it was."""
         remembered = self._rejected.get(entry.version)
@@ -119,10 +162,21 @@ class ModelRepository:
 
     def _load(self, entry: VersionEntry) -> ModelRuntime:
         manifest = read_manifest(entry.path)
-        runtime = ModelRuntime.load(entry.path, manifest, threads=self.threads, source=self.source)
+        report = None if self.on_broken is None else partial(self._report, entry)
+        runtime = load_runtime(
+            entry.path, manifest, threads=self.threads, source=self.source, report=report
+        )
         self._validated[entry.version] = entry.fingerprint
         log.info("validated %s version %d at %s", self.source, entry.version, entry.path)
         return runtime
+
+    def _report(self, entry: VersionEntry, error: NonFiniteOutputError) -> None:
+        """A runtime loaded from `entry` failed (on an inference thread): pass it on."""
+        if self.on_broken is not None:
+            withdrawal = Withdrawal(
+                self.source, entry.version, entry.fingerprint, error, time.time()
+            )
+            self.on_broken(withdrawal)
 
     def _reject(self, entry: VersionEntry, reason: str) -> Rejection:
         self._rejected[entry.version] = (entry.fingerprint, reason)

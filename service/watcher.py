@@ -3,20 +3,36 @@
 `ModelSource.refresh` (blocking, run in a worker thread) decides; `Watcher` polls it from an
 asyncio task and publishes the result by assigning one immutable `Snapshot` to the holder,
 so a request that took the snapshot sees one runtime from start to finish.
+
+A served runtime that gives a non-finite output reports it from whichever thread ran it. The
+report is handed to the event loop (`call_soon_threadsafe`) and wakes the poll at once, which
+withdraws the version and picks the best one left. So the holder has one writer, the poll
+task, on one thread: a withdrawal made under a lock from the inference thread could be undone
+by a refresh already running, which would then assign a snapshot still holding the broken
+runtime.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 
 from service.memory import release_freed_memory
 from service.metrics import Metrics
-from service.repository import ModelRepository, Rejection, VersionEntry, VersionRecord
-from service.runtime import ModelRuntime
+from service.repository import (
+    ModelRepository,
+    Rejection,
+    VersionEntry,
+    VersionRecord,
+    Withdrawal,
+)
+from service.runtime import ModelRuntime, Source
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,24 +67,35 @@ class RefreshResult:
     snapshot: Snapshot
     loaded: ModelRuntime | None  # set when this refresh swapped in a new runtime
     rejections: list[Rejection] = field(default_factory=list)
+    withdrawn: list[Rejection] = field(default_factory=list)  # served versions found broken
 
 
 class ModelSource:
     """The configured repository and the embedded fallback; refreshed from one thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, on_broken: Callable[[Withdrawal], None] | None = None
+    ) -> None:
         threads = settings.ort_intra_op_threads
         root = settings.model_repository
-        self.repository = None if root is None else ModelRepository(root, "repository", threads)
+        self.repository = (
+            None if root is None else ModelRepository(root, "repository", threads, on_broken)
+        )
         self.embedded = (
-            ModelRepository(settings.embedded_model_dir, "embedded", threads)
+            ModelRepository(settings.embedded_model_dir, "embedded", threads, on_broken)
             if settings.fallback_to_embedded
             else None
         )
 
-    def refresh(self, current: Snapshot) -> RefreshResult:
-        """Swap to a newer valid repository version, or to the embedded model if none serves."""
+    def refresh(self, current: Snapshot, withdrawals: Sequence[Withdrawal] = ()) -> RefreshResult:
+        """Withdraw versions found broken; swap to a newer valid repository version, or to the
+        best one left when the served one was withdrawn, or to the embedded model if none."""
+        withdrawn = self._withdraw(withdrawals)
         runtime = current.runtime
+        if runtime is not None and any(
+            (w.source, w.version) == (runtime.source, runtime.version) for w in withdrawn
+        ):
+            runtime = None  # choose again from every version, as at start-up
         repo_entries = self.repository.scan() if self.repository else []
         embedded_entries = self.embedded.scan() if self.embedded else []
         rejections: list[Rejection] = []
@@ -87,7 +114,19 @@ class ModelSource:
             self._detail(serving, repo_entries, embedded_entries),
             self._records(serving, repo_entries, embedded_entries),
         )
-        return RefreshResult(snapshot, loaded, rejections)
+        return RefreshResult(snapshot, loaded, rejections, withdrawn)
+
+    def _withdraw(self, withdrawals: Sequence[Withdrawal]) -> list[Rejection]:
+        withdrawn = []
+        for withdrawal in withdrawals:
+            repo = self._repository(withdrawal.source)
+            rejection = None if repo is None else repo.withdraw(withdrawal)
+            if rejection is not None:
+                withdrawn.append(rejection)
+        return withdrawn
+
+    def _repository(self, source: Source) -> ModelRepository | None:
+        return self.repository if source == "repository" else self.embedded
 
     def _records(
         self,
@@ -141,38 +180,66 @@ def _why_none(
 
 
 class Watcher:
-    """Polls the model source every `interval` seconds and swaps the holder's snapshot."""
+    """Polls the model source every `interval` seconds (and at once when a served model is
+    found broken) and swaps the holder's snapshot."""
 
     def __init__(self, settings: Settings, holder: ModelHolder, metrics: Metrics) -> None:
-        self.source = ModelSource(settings)
+        self.source = ModelSource(settings, on_broken=self.report)
         self.holder = holder
         self.metrics = metrics
         self.interval = settings.poll_interval_s
         self.model_freed = False  # a swapped-out runtime was garbage-collected since last poll
+        # Touched on the event loop only: reports arrive through call_soon_threadsafe.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._withdrawals: list[Withdrawal] = []
+        self._wake = asyncio.Event()
+
+    def report(self, withdrawal: Withdrawal) -> None:
+        """A served runtime gave a non-finite output; called from the thread that ran it."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                loop.call_soon_threadsafe(self._withdraw_soon, withdrawal)
+
+    def _withdraw_soon(self, withdrawal: Withdrawal) -> None:
+        self._withdrawals.append(withdrawal)
+        self._wake.set()
 
     async def refresh(self) -> None:
         """One scan and (maybe) swap; loading and validation run in a worker thread."""
+        self._loop = asyncio.get_running_loop()
         previous = self.holder.snapshot.runtime
+        withdrawals, self._withdrawals = self._withdrawals, []
         if self.model_freed:
             self.model_freed = False
             await anyio.to_thread.run_sync(release_freed_memory)
-        result = await anyio.to_thread.run_sync(self.source.refresh, self.holder.snapshot)
+        try:
+            result = await anyio.to_thread.run_sync(
+                self.source.refresh, self.holder.snapshot, withdrawals
+            )
+        except Exception:
+            self._withdrawals[:0] = withdrawals  # tried again at the next poll
+            raise
         self.holder.snapshot = result.snapshot
         self.metrics.record_refresh(result.snapshot.runtime, result.loaded, result.rejections)
-        if result.loaded is not None:
+        self.metrics.record_withdrawals(len(result.withdrawn))
+        if result.loaded is not None or result.withdrawn:
             log.info("now %s", result.snapshot.detail)
-            if previous is not None:
-                # Requests that took the old snapshot may still use it; once the last one ends,
-                # the next poll gives its freed memory back (service.memory).
-                weakref.finalize(previous, self._mark_model_freed)
+        if result.loaded is not None and previous is not None:
+            # Requests that took the old snapshot may still use it; once the last one ends,
+            # the next poll gives its freed memory back (service.memory).
+            weakref.finalize(previous, self._mark_model_freed)
 
     def _mark_model_freed(self) -> None:
         self.model_freed = True
 
     async def run(self) -> None:
-        """Poll until cancelled; a failed poll is logged and the current model keeps serving."""
+        """Poll until cancelled: every interval, or at once when a withdrawal is reported. A
+        failed poll is logged and the current model keeps serving."""
         while True:
-            await anyio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
             try:
                 await self.refresh()
             except Exception:

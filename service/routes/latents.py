@@ -10,7 +10,7 @@ from pydantic import Field
 from starlette.responses import Response
 
 from service.deps import ModelCall, model_call, new_seed, rng_for
-from service.latent import InterpolationMethod, interpolate
+from service.latent import MAX_TEMPERATURE, InterpolationMethod, interpolate
 from service.offload import Cost
 from service.preprocess import OpenedImage, input_rows
 from service.problems import invalid, problem_responses
@@ -37,7 +37,6 @@ from service.uploads import JSON, MULTIPART, media_type, read_json, read_upload,
 ERRORS = problem_responses(408, 413, 415, 422, 503)
 DEFAULT_STEPS = 8
 DEFAULT_N = 16
-MAX_TEMPERATURE = 10.0
 
 
 def router(settings: Settings) -> APIRouter:

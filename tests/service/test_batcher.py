@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.batcher import BatcherClosedError, MicroBatcher
 from service.latent import Array, reparameterize
+from service.loader import load_runtime
 from service.manifest import read_manifest
 from service.offload import ImageInputs, ModelJob, Pass, mean_latent, run_jobs, run_one
 from service.preprocess import ImageOptions, open_image
@@ -143,7 +144,7 @@ def test_invalid_limits_are_refused() -> None:
 @pytest.fixture(scope="module")
 def runtimes(published: dict[str, Path]) -> dict[str, ModelRuntime]:
     return {
-        name: ModelRuntime.load(path, read_manifest(path), threads=1, source="repository")
+        name: load_runtime(path, read_manifest(path), threads=1, source="repository")
         for name, path in published.items()
     }
 

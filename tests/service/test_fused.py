@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from service.app import create_app
 from service.latent import Array, reparameterize
+from service.loader import load_runtime
 from service.manifest import read_manifest
 from service.offload import ModelJob, Pass, mean_latent, run_jobs, run_one
 from service.runtime import ModelRuntime
@@ -36,9 +37,7 @@ MATCH = 1e-5  # fused vs encoder + decoder
 
 
 def load(version_dir: Path) -> ModelRuntime:
-    return ModelRuntime.load(
-        version_dir, read_manifest(version_dir), threads=1, source="repository"
-    )
+    return load_runtime(version_dir, read_manifest(version_dir), threads=1, source="repository")
 
 
 @pytest.fixture(scope="module")

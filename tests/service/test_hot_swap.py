@@ -13,7 +13,15 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.service_helpers import claim_latent, install, metric, set_sha, truncate, wait_for
+from tests.service.service_helpers import (
+    claim_latent,
+    install,
+    metric,
+    set_sha,
+    truncate,
+    versions,
+    wait_for,
+)
 
 Z = {"z": [[0.3] * 8]}
 JSON_ACCEPT = {"accept": "application/json"}
@@ -65,10 +73,6 @@ def withdraw(repo: Path, version: int) -> None:
         trash = path.with_name(f".withdrawn-{version}")
         path.rename(trash)
         shutil.rmtree(trash)
-
-
-def versions(client: TestClient) -> dict[int, dict]:
-    return {v["version"]: v for v in client.get("/v1/models").json()["versions"]}
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from service import latent
+from service.loader import load_runtime
 from service.manifest import read_manifest
 from service.runtime import DECODE_CHUNK_ROWS, ModelRuntime
 from training.config import TrainConfig
@@ -22,7 +23,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def runtime(published: dict[str, Path]) -> ModelRuntime:
     path = published["a"]
-    return ModelRuntime.load(path, read_manifest(path), threads=1, source="repository")
+    return load_runtime(path, read_manifest(path), threads=1, source="repository")
 
 
 @pytest.fixture(scope="module")
