@@ -26,11 +26,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.files import UnreadableFileError, read_regular
 from service.latent import MAX_ABS_Z, MAX_TEMPERATURE, Array, reparameterize, sample_prior
 from service.manifest import GraphSpec, Manifest, Shape, expected_signatures
 from service.runtime import ModelRuntime, NonFiniteOutputError, Source
 
 FUSED_TOLERANCE = 1e-4  # max |fused - encoder + decoder| accepted (the exporter's)
+# A graph is read whole into memory before onnxruntime sees it. The default model's graphs
+# are under 2 MB; protobuf itself stops at 2 GiB.
+MAX_GRAPH_BYTES = 2**29
 _FLOAT = "tensor(float)"
 
 
@@ -187,9 +191,9 @@ def _widths(runtime: ModelRuntime) -> dict[str, list[tuple[str, int]]]:
 def _session(version_dir: Path, spec: GraphSpec, threads: int) -> Any:
     """Read the graph once, check its sha256, and build the session from those same bytes."""
     try:
-        data = (version_dir / spec.file).read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{spec.file}: cannot read: {exc.strerror or exc}") from exc
+        data = read_regular(version_dir / spec.file, MAX_GRAPH_BYTES)
+    except UnreadableFileError as exc:
+        raise ModelLoadError(f"{spec.file}: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise ModelLoadError(f"{spec.file}: sha256 is {digest}, manifest says {spec.sha256}")

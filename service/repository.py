@@ -1,13 +1,16 @@
 """One model repository root (`<root>/vae/<version>/`): scan it and validate its versions.
 
 A version is validated at most once per content: a rejection is remembered with a fingerprint
-of the files (names, sizes, mtimes), so a version that is fixed in place is tried again.
+of the files (names, sizes, mtimes), so a version that is fixed in place is tried again. The
+repository may be hostile: whatever reading or validating a version raises rejects that
+version (logged once, with its traceback when unexpected), and no reason names a server path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +23,11 @@ from service.manifest import MANIFEST_FILE, ManifestError, read_manifest
 from service.runtime import ModelRuntime, NonFiniteOutputError, Source
 
 MODEL_NAME = "vae"
+# The embedded default model is version 0, so a repository's version 0 would be a second
+# model behind the same X-Model-Version.
+FIRST_VERSION: dict[Source, int] = {"repository": 1, "embedded": 0}
+RESERVED = "version 0 is reserved for the embedded default model; publish versions from 1"
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s'\"]+")
 # serving; available: validated by this process, not served now; unvalidated: complete but
 # never examined (a newer version was served first), so it may yet be rejected; rejected;
 # incomplete: no manifest.json yet.
@@ -88,21 +96,27 @@ class ModelRepository:
     def scan(self) -> list[VersionEntry]:
         """Version directories (digits only) under `root/vae`, highest first; [] if missing."""
         try:
-            children = list(os.scandir(self.root / MODEL_NAME))
+            with os.scandir(self.root / MODEL_NAME) as listing:
+                children = [c for c in listing if c.name.isascii() and c.name.isdigit()]
         except OSError:
             return []
-        entries = [
-            _entry(Path(child.path))
-            for child in children
-            if child.name.isascii() and child.name.isdigit() and child.is_dir()
-        ]
+        entries = [_entry(Path(child.path)) for child in children if _is_dir(child)]
         return sorted(entries, key=lambda e: e.version, reverse=True)
 
     def load_best(
         self, entries: list[VersionEntry], above: int
     ) -> tuple[ModelRuntime | None, list[Rejection]]:
-        """Load the highest complete version > `above` that validates; report new rejections."""
-        rejections: list[Rejection] = []
+        """Load the highest complete version > `above` that validates; report new rejections.
+
+        Versions below FIRST_VERSION are rejected whenever they are complete, served or not.
+        """
+        rejections = [
+            self._reject(entry, RESERVED)
+            for entry in entries
+            if entry.version < FIRST_VERSION[self.source]
+            and entry.complete
+            and self.rejection(entry) is None
+        ]
         for entry in entries:
             if entry.version <= above:
                 break
@@ -112,6 +126,9 @@ class ModelRepository:
                 return self._load(entry), rejections
             except (ManifestError, ModelLoadError) as exc:
                 rejections.append(self._reject(entry, str(exc)))
+            except Exception as exc:  # a hostile version must not stop the watcher: reject it
+                reason = f"validation failed: {type(exc).__name__}: {exc}"
+                rejections.append(self._reject(entry, reason, unexpected=exc))
         return None, rejections
 
     def withdraw(self, withdrawal: Withdrawal) -> Rejection | None:
@@ -178,21 +195,58 @@ class ModelRepository:
             )
             self.on_broken(withdrawal)
 
-    def _reject(self, entry: VersionEntry, reason: str) -> Rejection:
+    def _reject(
+        self, entry: VersionEntry, reason: str, unexpected: Exception | None = None
+    ) -> Rejection:
+        """Remember (and log, once) why these files of a version are not served."""
+        reason = _without_paths(reason)
         self._rejected[entry.version] = (entry.fingerprint, reason)
         log.warning(
-            "rejected %s version %d at %s: %s", self.source, entry.version, entry.path, reason
+            "rejected %s version %d at %s: %s",
+            self.source,
+            entry.version,
+            entry.path,
+            reason,
+            exc_info=unexpected,
         )
         return Rejection(entry.version, self.source, reason)
 
 
+def _without_paths(reason: str) -> str:
+    """The reason with any absolute path replaced, as GET /v1/models may show it to anyone.
+
+    The messages written here name files relative to their version; this catches what a
+    library's message may carry (onnxruntime names resolved paths of external data).
+    """
+    return _ABSOLUTE_PATH.sub("<path>", reason)
+
+
+def _is_dir(child: os.DirEntry[str]) -> bool:
+    try:
+        return child.is_dir()
+    except OSError:  # unreadable: not a version we can see
+        return False
+
+
 def _entry(path: Path) -> VersionEntry:
+    """The version at `path`, complete once any entry named manifest.json exists in it (one
+    that is no readable file is then rejected with its reason, never left "incomplete")."""
     try:
         with os.scandir(path) as children:  # closed even when a file vanishes mid-listing
-            files = sorted(
-                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in children if f.is_file()
-            )
+            files = sorted(_file_state(child) for child in children)
     except OSError:  # removed or changing while listed: incomplete until the next poll
         files = []
     complete = any(name == MANIFEST_FILE for name, _, _ in files)
     return VersionEntry(int(path.name), path, complete, tuple(files))
+
+
+def _file_state(child: os.DirEntry[str]) -> tuple[str, int, int]:
+    """Name, size and mtime (of a symlink's target when it has one): the fingerprint's part."""
+    try:
+        info = child.stat()
+    except OSError:  # a dangling symlink, a loop, or gone: its own metadata then
+        try:
+            info = child.stat(follow_symlinks=False)
+        except OSError:
+            return child.name, -1, -1
+    return child.name, info.st_size, info.st_mtime_ns

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -193,6 +194,7 @@ class Watcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._withdrawals: list[Withdrawal] = []
         self._wake = asyncio.Event()
+        self._last_failure: str | None = None
 
     def report(self, withdrawal: Withdrawal) -> None:
         """A served runtime gave a non-finite output; called from the thread that ran it."""
@@ -206,20 +208,26 @@ class Watcher:
         self._wake.set()
 
     async def refresh(self) -> None:
-        """One scan and (maybe) swap; loading and validation run in a worker thread."""
+        """One scan and (maybe) swap; loading and validation run in a worker thread.
+
+        Never raises (but when cancelled): a failed poll is logged, once while it fails the
+        same way, and the current model keeps serving.
+        """
         self._loop = asyncio.get_running_loop()
         previous = self.holder.snapshot.runtime
         withdrawals, self._withdrawals = self._withdrawals, []
-        if self.model_freed:
-            self.model_freed = False
-            await anyio.to_thread.run_sync(release_freed_memory)
         try:
+            if self.model_freed:
+                self.model_freed = False
+                await anyio.to_thread.run_sync(release_freed_memory)
             result = await anyio.to_thread.run_sync(
                 self.source.refresh, self.holder.snapshot, withdrawals
             )
-        except Exception:
+        except Exception as exc:
             self._withdrawals[:0] = withdrawals  # tried again at the next poll
-            raise
+            self._poll_failed(exc)
+            return
+        self._last_failure = None
         self.holder.snapshot = result.snapshot
         self.metrics.record_refresh(result.snapshot.runtime, result.loaded, result.rejections)
         self.metrics.record_withdrawals(len(result.withdrawn))
@@ -230,18 +238,24 @@ class Watcher:
             # the next poll gives its freed memory back (service.memory).
             weakref.finalize(previous, self._mark_model_freed)
 
+    def _poll_failed(self, exc: Exception) -> None:
+        snapshot = self.holder.snapshot
+        failure = f"{type(exc).__name__}: {exc}"
+        if failure != self._last_failure:
+            label = snapshot.version_label
+            log.error("polling the model repository failed; still serving %s", label, exc_info=exc)
+        self._last_failure = failure
+        if snapshot.runtime is None:
+            detail = f"reading the model repositories failed ({type(exc).__name__}); retrying"
+            self.holder.snapshot = dataclasses.replace(snapshot, detail=detail)
+
     def _mark_model_freed(self) -> None:
         self.model_freed = True
 
     async def run(self) -> None:
-        """Poll until cancelled: every interval, or at once when a withdrawal is reported. A
-        failed poll is logged and the current model keeps serving."""
+        """Poll until cancelled: every interval, or at once when a withdrawal is reported."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
-            try:
-                await self.refresh()
-            except Exception:
-                label = self.holder.snapshot.version_label
-                log.exception("polling the model repository failed; still serving %s", label)
+            await self.refresh()
