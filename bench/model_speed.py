@@ -8,9 +8,11 @@ wall time of `--calls` calls.
 
 1. Model path at batch 1: the service's model call for one 784-vector (a reconstruct job
    of mode=mean run by service.offload.run_one, as the route hands it over), the graph runs
-   alone, and the per-image cost of 16 such jobs batched, against torch eager
-   (training.model.VAE of the served model's config with its weights, read from the ONNX
-   initializers; encode -> mu -> decode -> sigmoid under inference_mode). Each service row
+   alone (their outputs checked for NaN and infinity, as every run is; for the fused graph
+   also its session's run unchecked), and the per-image cost of 16 such jobs batched,
+   against torch eager (training.model.VAE of the served model's config with its weights,
+   read from the ONNX initializers; encode -> mu -> decode -> sigmoid under inference_mode).
+   Each service row
    twice when the version has the fused reconstruct graph: through it (one run), and through
    the encoder and decoder (two runs; the same runtime without its fused session, which is
    what a version without the graph serves). The embedded default model, or the version
@@ -95,6 +97,9 @@ def torch_twin(model_dir: Path) -> VAE:
     return model
 
 
+FUSED_OUTPUTS = ["mu", "logvar", "probs"]
+
+
 def mean_job(served: ModelRuntime, x: Array) -> ModelJob[Pass]:
     """A reconstruct of mode=mean as the route hands it to the executor (identity response)."""
     return ModelJob(served, lambda: x, mean_latent, lambda result: result)
@@ -135,6 +140,9 @@ def model_path(model_dir: Path, repeats: int, calls: int) -> list[str]:
                 mean_job(served, x)
             ),
             "service, fused graph: the fused run only": lambda: served.reconstruct_mean(x),
+            "service, fused graph: the fused session's run, outputs unchecked": lambda: (
+                served.fused.run(FUSED_OUTPUTS, {"x": x})
+            ),
             "service, fused graph: per image, 16 jobs batched (run_jobs)": lambda: run_jobs(
                 fused16
             ),

@@ -157,8 +157,9 @@ class ModelRuntime:
         )
 
     def _finite(self, graph: str, names: list[str], outputs: list[Array]) -> list[Array]:
-        """`outputs` of one run, each checked for NaN and infinity (~1 us for a [1, 784]):
-        a model that gives them is broken, and no response may carry them."""
+        """`outputs` of one run, each checked for NaN and infinity: a model that gives them is
+        broken, and no response may carry them. About a fifth of a batch-1 run, per numpy
+        call rather than per value (docs/benchmarks.md, model path)."""
         for name, value in zip(names, outputs, strict=True):
             if not np.isfinite(value).all():
                 self._broken(graph, name)

@@ -26,13 +26,32 @@ def nan_where(condition: Condition) -> Callable[[onnx.ModelProto], None]:
         cond = condition(graph, graph.input[0].name)
         nan = _constant(graph, "nan", np.array(np.nan, np.float32))
         for output in [o.name for o in graph.output]:
-            raw = f"{output}_before_nan"
-            for node in graph.node:
-                node.input[:] = [raw if name == output else name for name in node.input]
-                node.output[:] = [raw if name == output else name for name in node.output]
-            graph.node.append(helper.make_node("Where", [cond, nan, raw], [output]))
+            graph.node.append(
+                helper.make_node("Where", [cond, nan, _before(graph, output)], [output])
+            )
 
     return change
+
+
+def scaled(output: str, factor: float) -> Callable[[onnx.ModelProto], None]:
+    """`output` multiplied by `factor` (what the graph computes from it is left as it was)."""
+
+    def change(model: onnx.ModelProto) -> None:
+        graph = model.graph
+        by = _constant(graph, "factor", np.array(factor, np.float32))
+        graph.node.append(helper.make_node("Mul", [_before(graph, output), by], [output]))
+
+    return change
+
+
+def _before(graph: onnx.GraphProto, output: str) -> str:
+    """Rename `output` wherever the graph makes or reads it; the new name, for the node that
+    will make `output` from it."""
+    raw = f"{output}_before_edit"
+    for node in graph.node:
+        node.input[:] = [raw if name == output else name for name in node.input]
+        node.output[:] = [raw if name == output else name for name in node.output]
+    return raw
 
 
 def any_abs_over(limit: float) -> Condition:

@@ -14,7 +14,13 @@ from fastapi.testclient import TestClient
 from bench.soak import SEED_MODEL
 from service.app import create_app
 from service.settings import Settings
-from tests.reliability.broken_graphs import any_abs_over, first_equals, nan_where, sum_equals
+from tests.reliability.broken_graphs import (
+    any_abs_over,
+    first_equals,
+    nan_where,
+    scaled,
+    sum_equals,
+)
 from tests.service import service_samples as samples
 from tests.service.service_helpers import edit_onnx, install, metric, polls, versions, wait_for
 
@@ -105,3 +111,20 @@ def test_a_nan_met_on_the_inference_thread_withdraws_the_version(
         again = client.post(url, content=image, headers=headers)
         assert again.status_code == 200 and again.json()["model_version"] == 1
         assert "the reconstruct graph's mu" in versions(client)[2]["reason"]
+
+
+def test_finite_outputs_too_large_to_square_are_served(
+    seed_repo: Path, seed_settings: Settings
+) -> None:
+    """Huge is not broken: logits of 1e30 and more are finite, and a check that summed or
+    squared them (overflowing float32) would withdraw a model that works."""
+    install(seed_repo, SEED_MODEL, 2, edit_onnx("decoder", scaled("logits", 1e30)))
+    with TestClient(create_app(seed_settings)) as client:
+        assert client.get("/readyz").json()["model_version"] == "2"
+        runtime = client.app.state.services.holder.snapshot.runtime
+        logits, _ = runtime.decode_logits(np.full((1, 64), 0.5, np.float32))
+        assert np.isfinite(logits).all() and np.abs(logits).max() > 1e20
+        decoded = client.post("/v1/decode", json={"z": [[0.5] * 64]}, headers=JSON)
+        assert decoded.status_code == 200 and decoded.json()["model_version"] == 2
+        polls(client, 2)
+        assert client.get("/readyz").json()["model_version"] == "2"
