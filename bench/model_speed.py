@@ -9,9 +9,11 @@ wall time of `--calls` calls.
 1. Model path at batch 1: the service's model call for one 784-vector (a reconstruct job
    of mode=mean, its 28x28 PNG taken as it is (preprocess=none), run by
    service.inference.jobs.run_jobs as the executor hands it over), the graph runs
-   alone, and the per-image cost of 16 such jobs batched, against torch eager
-   (training.model.VAE of the served model's config with its weights, read from the ONNX
-   initializers; encode -> mu -> decode -> sigmoid under inference_mode). Each service row
+   alone (their outputs checked for NaN and infinity, as every run is; for the fused graph
+   also its session's run unchecked), and the per-image cost of 16 such jobs batched,
+   against torch eager (training.model.VAE of the served model's config with its weights,
+   read from the ONNX initializers; encode -> mu -> decode -> sigmoid under inference_mode).
+   Each service row
    twice when the version has the fused reconstruct graph: through it (one run), and through
    the encoder and decoder (two runs; the same runtime without its fused session, which is
    what a version without the graph serves). The embedded default model, or the version
@@ -46,6 +48,7 @@ from service.http.responses import json_response, png_response
 from service.http.schemas import EncodeResponse
 from service.images import decoding, png, preprocess
 from service.inference.jobs import Job, Result, run_jobs
+from service.model.loader import load_runtime
 from service.model.manifest import read_manifest
 from service.model.runtime import ModelRuntime
 from training.config import TrainConfig
@@ -71,9 +74,7 @@ def alternate(
 
 
 def runtime(model_dir: Path, threads: int) -> ModelRuntime:
-    return ModelRuntime.load(
-        model_dir, read_manifest(model_dir), threads=threads, source="repository"
-    )
+    return load_runtime(model_dir, read_manifest(model_dir), threads=threads, source="repository")
 
 
 def torch_twin(model_dir: Path) -> VAE:
@@ -125,6 +126,9 @@ def run_one(job: Job[Result]) -> Result:
     return result
 
 
+FUSED_OUTPUTS = ["mu", "logvar", "probs"]
+
+
 def model_path(model_dir: Path, repeats: int, calls: int) -> list[str]:
     torch.set_num_threads(1)
     served, twin = runtime(model_dir, 1), torch_twin(model_dir)
@@ -160,6 +164,9 @@ def model_path(model_dir: Path, repeats: int, calls: int) -> list[str]:
                 mean_job(served, x)
             ),
             "service, fused graph: the fused run only": lambda: served.reconstruct_mean(x),
+            "service, fused graph: the fused session's run, outputs unchecked": lambda: (
+                served.fused.run(FUSED_OUTPUTS, {"x": x})
+            ),
             "service, fused graph: per image, 16 jobs batched (run_jobs)": lambda: run_jobs(
                 fused16
             ),

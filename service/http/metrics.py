@@ -101,6 +101,11 @@ class Metrics:
         )
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
+        self.withdrawals = Counter(
+            "vae_model_withdrawals",
+            "Served model versions withdrawn because a run gave a non-finite output.",
+            registry=r,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         labels = {"route": route, "method": method, "status": str(status)}
@@ -120,9 +125,11 @@ class Metrics:
         self.batch_size.observe(size)
 
     def record_refresh(self, result: RefreshResult) -> None:
-        """Count swaps and rejections; point the model-info gauge at the served model."""
+        """Count swaps, rejections and withdrawals; point the model-info gauge at the served
+        model."""
         serving = result.snapshot.runtime
         self.reloads.labels(result="failure").inc(len(result.rejections))
+        self.withdrawals.inc(len(result.withdrawn))
         if result.loaded is not None:
             self.reloads.labels(result="success").inc()
         self.model_info.clear()

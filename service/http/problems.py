@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from service.http.oip import ProtocolError
 from service.images.errors import ImageError
+from service.model.runtime import NonFiniteOutputError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://vae-mnist.dev/problems/"
@@ -25,6 +26,9 @@ PROBLEM_BASE = "https://vae-mnist.dev/problems/"
 # before its body has arrived (Starlette raises ClientDisconnect; it is not a server error).
 CLIENT_CLOSED_REQUEST = 499
 V2_PREFIX = "/v2"  # the Open Inference Protocol, whose errors are {"error": "..."}
+# A withdrawn version is replaced by the next poll, which it wakes at once: a load takes well
+# under a second.
+WITHDRAWN_RETRY_AFTER_S = 1
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +200,24 @@ async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
+def model_withdrawn(exc: NonFiniteOutputError) -> ApiProblem:
+    """The one right 5xx: the model is broken, not the request. The version is withdrawn
+    (service.model.watcher) and another serves the retry."""
+    return ApiProblem(
+        503,
+        "model-withdrawn",
+        f"model version {exc.version} produced non-finite output and was withdrawn; retry",
+        title="Model withdrawn",
+        headers={"Retry-After": str(WITHDRAWN_RETRY_AFTER_S)},
+    )
+
+
+async def _on_non_finite_output(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NonFiniteOutputError)
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return answer(request.scope["path"], model_withdrawn(exc))
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     problem = ApiProblem(500, "internal-error", "an unexpected error; this is a bug")
@@ -203,13 +225,14 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Route HTTPException, validation errors, image errors and anything unexpected to
-    problem+json."""
+    """Route HTTPException, validation errors, image errors, a broken model's output and
+    anything unexpected to problem+json (or the protocol's error under /v2)."""
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ImageError, _on_image_error)
     app.add_exception_handler(ProtocolError, _on_protocol_error)
     app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
+    app.add_exception_handler(NonFiniteOutputError, _on_non_finite_output)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
@@ -219,7 +242,8 @@ STATUS_DESCRIPTIONS = {
     413: "The body is larger than `VAE_MAX_BODY_BYTES` (also when sent chunked).",
     415: "The Content-Type is not one this operation accepts.",
     422: "Invalid input: the problem names the field and what was expected.",
-    503: "No valid model is loaded, or too many requests are in flight (see Retry-After).",
+    503: "No valid model is loaded, too many requests are in flight, or the model gave a "
+    "non-finite output and was withdrawn (see Retry-After).",
 }
 
 

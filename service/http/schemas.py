@@ -6,12 +6,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.model.latent import InterpolationMethod
+from service.model.latent import MAX_ABS_Z, InterpolationMethod
 from service.model.repository import VersionStatus
 from service.model.runtime import Source
 
 ReconstructMode = Literal["mean", "sample"]  # decode mu, or a draw from q(z|x)
-MAX_ABS_Z = 1000.0  # |z| beyond this is no latent code a Gaussian prior would give
 # Strict: a JSON number (integer or not), as the schema says; lax mode would also take true,
 # false and numeric strings such as "1.5" (found by schemathesis, tests/reliability).
 LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_Z, le=MAX_ABS_Z)]

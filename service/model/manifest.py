@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
+
+import numpy as np
+
+from service.model.files import UnreadableFileError, read_regular
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "vae-mnist-manifest/1"
 BATCH_AXIS = "batch"
+# Checked before parsing: a published manifest is ~3 KB and 5 levels deep. Past these, a
+# manifest is hostile or broken (200,000 nested arrays overflow json's recursion).
+MAX_MANIFEST_BYTES = 2**20
+MAX_MANIFEST_DEPTH = 32
+MAX_FILE_NAME_BYTES = 255  # NAME_MAX on Linux
 Shape = tuple[str | int, ...]
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # backslash + the character it escapes
+_STRING = re.compile(rb'"[^"]*"')  # a whole string, once escapes are gone
+_NESTING = np.zeros(256, np.int32)  # what each byte does to the depth
+_NESTING[list(b"[{")], _NESTING[list(b"]}")] = 1, -1
 
 
 class ManifestError(ValueError):
@@ -55,10 +71,23 @@ class Manifest:
 
 
 def read_manifest(version_dir: Path) -> Manifest:
-    """Parse `version_dir/manifest.json`; its version must equal the directory name."""
+    """Parse `version_dir/manifest.json`; its version must equal the directory name.
+
+    The size and the nesting depth are bounded before the JSON is parsed.
+    """
     try:
-        document = json.loads((version_dir / MANIFEST_FILE).read_bytes())
-    except (OSError, ValueError) as exc:
+        data = read_regular(version_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    except UnreadableFileError as exc:
+        raise ManifestError(f"{MANIFEST_FILE}: {exc}") from exc
+    depth = json_depth(data)
+    if depth > MAX_MANIFEST_DEPTH:
+        raise ManifestError(
+            f"{MANIFEST_FILE} nests arrays and objects {depth} deep; the limit is "
+            f"{MAX_MANIFEST_DEPTH}"
+        )
+    try:
+        document = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: no path in either
         raise ManifestError(f"{MANIFEST_FILE} is not readable JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise ManifestError(f"{MANIFEST_FILE} must hold a JSON object")
@@ -68,6 +97,17 @@ def read_manifest(version_dir: Path) -> Manifest:
             f"manifest version {manifest.version} does not match directory {version_dir.name!r}"
         )
     return manifest
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text `data`, in linear time.
+
+    Escapes go first (so every quote left delimits a string), then strings; the brackets
+    left are counted. Text that is not JSON may be over-counted, never under. 1 MiB of
+    hostile text takes 0.1-0.4 s.
+    """
+    outside = _STRING.sub(b"", _ESCAPE.sub(b"", data))
+    return int(np.cumsum(_NESTING[np.frombuffer(outside, np.uint8)]).max(initial=0))
 
 
 def parse_manifest(document: dict[str, Any]) -> Manifest:
@@ -170,15 +210,27 @@ def _graph(graphs: dict[str, Any], name: str) -> GraphSpec:
         problem = "is missing" if name not in graphs else f"must be an object, got {spec!r}"
         raise ManifestError(f"graphs.{name} {problem}")
     file, sha = spec.get("file"), spec.get("sha256")
-    if not isinstance(file, str) or not file or Path(file).name != file:
+    if not _plain_file_name(file):
         raise ManifestError(f"graphs.{name}.file must be a plain file name, got {file!r}")
-    if not isinstance(sha, str) or len(sha) != 64:
+    if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= set(string.hexdigits):
         raise ManifestError(f"graphs.{name}.sha256 must be 64 hex digits, got {sha!r}")
     return GraphSpec(
         file=file,
         sha256=sha.lower(),
         inputs=_signature(spec.get("inputs"), f"graphs.{name}.inputs"),
         outputs=_signature(spec.get("outputs"), f"graphs.{name}.outputs"),
+    )
+
+
+def _plain_file_name(value: object) -> TypeGuard[str]:
+    """A name in the version's own directory: no separator, no NUL or other control
+    character, not "." or "..", and short enough for the filesystem."""
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and Path(value).name == value
+        and value.isprintable()
+        and len(value.encode("utf-8", "surrogatepass")) <= MAX_FILE_NAME_BYTES
     )
 
 

@@ -3,35 +3,39 @@
 The encoder and decoder always; the fused reconstruct graph (x -> mu, logvar, probs of decoding
 mu) when the version has one, so that a mode=mean reconstruct is one ORT run instead of two.
 
-Sessions are created once and shared by every thread (`InferenceSession.run` is thread-safe).
-Nothing here knows about HTTP. Shapes: B images, D pixels, L latent dimensions, K samples.
+Sessions are created once and shared by every thread (`InferenceSession.run` is thread-safe);
+`service.model.loader` builds and proves them. Every run's outputs are checked for NaN and infinity:
+a broken model raises NonFiniteOutputError instead of answering with them. Nothing here
+knows about HTTP. Shapes: B images, D pixels, L latent dimensions, K samples.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from service.model import latent
 from service.model.latent import Array
-from service.model.manifest import GraphSpec, Manifest, Shape, expected_signatures
+from service.model.manifest import Manifest
 
 Source = Literal["repository", "embedded"]
 DECODE_CHUNK_ROWS = 4096  # bounds the memory of one decoder run ([rows, D] float32 x 2)
-FUSED_TOLERANCE = 1e-4  # max |fused - encoder + decoder| the smoke test accepts (the exporter's)
+_ENCODER_OUTPUTS = ["mu", "logvar"]
 _FUSED_OUTPUTS = ["mu", "logvar", "probs"]
-SMOKE_ROWS = 3
-_FLOAT = "tensor(float)"
 
 
-class ModelLoadError(Exception):
-    """A version failed validation; the message says which check and why."""
+class NonFiniteOutputError(Exception):
+    """A graph gave NaN or infinity: the model is broken, not the request that ran it."""
+
+    def __init__(self, version: int, graph: str, output: str) -> None:
+        super().__init__(f"model version {version}: the {graph} graph's {output} is not finite")
+        self.version = version
+        self.graph = graph  # encoder, decoder or reconstruct
+        self.output = output
 
 
 @dataclass(frozen=True)
@@ -54,76 +58,20 @@ class ModelRuntime:
     encoder: Any  # ort.InferenceSession, x -> (mu, logvar)
     decoder: Any  # ort.InferenceSession, z -> (logits, probs)
     fused: Any = None  # ort.InferenceSession, x -> (mu, logvar, probs); None: the version has none
+    # Called, from the thread that ran the graph, before a NonFiniteOutputError is raised: the
+    # watcher then withdraws this version (service.watcher). None while it is validated.
+    report: Callable[[NonFiniteOutputError], None] | None = None
 
     @property
     def version(self) -> int:
         return self.manifest.version
 
-    @classmethod
-    def load(
-        cls, version_dir: Path, manifest: Manifest, *, threads: int, source: Source
-    ) -> ModelRuntime:
-        """Check checksums and graph signatures, then prove the model with a smoke inference."""
-        sessions = {
-            name: _session(version_dir, spec, threads) for name, spec in manifest.graphs.items()
-        }
-        for name, (inputs, outputs) in expected_signatures(manifest).items():
-            _check_signature(name, sessions[name], inputs, outputs)
-        runtime = cls(
-            manifest=manifest,
-            source=source,
-            encoder=sessions["encoder"],
-            decoder=sessions["decoder"],
-            fused=sessions.get("reconstruct"),
-        )
-        try:
-            runtime.smoke_test()
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # ORT's own errors from running a graph that loaded
-            raise ModelLoadError(f"smoke inference failed: {exc}") from exc
-        return runtime
-
-    def smoke_test(self) -> None:
-        """Encode and decode a small batch; the outputs must be finite and of declared shapes.
-
-        The fused graph, if any, must also agree with the encoder and decoder within
-        FUSED_TOLERANCE: a reconstruct that depended on which graphs ran is never served.
-        """
-        rng = np.random.default_rng(0)
-        x = (rng.random((SMOKE_ROWS, self.manifest.pixels)) > 0.5).astype(np.float32)
-        mu, logvar = self.encode(x)
-        logits, probs = self.decode_logits(mu)
-        self._check_smoke("", {"mu": mu, "logvar": logvar, "logits": logits, "probs": probs})
-        if self.fused is None:
-            return
-        fused = dict(zip(_FUSED_OUTPUTS, self._fused_run(x), strict=True))
-        self._check_smoke("the reconstruct graph's ", fused)
-        two_graphs = {"mu": mu, "logvar": logvar, "probs": probs}
-        for name, value in fused.items():
-            diff = float(np.max(np.abs(value - two_graphs[name])))
-            if not diff <= FUSED_TOLERANCE:
-                raise ModelLoadError(
-                    f"smoke inference: the reconstruct graph's {name} differs from the encoder "
-                    f"and decoder's by {diff:.3g} (tolerance {FUSED_TOLERANCE:g})"
-                )
-
-    def _check_smoke(self, graph: str, outputs: dict[str, Array]) -> None:
-        """Each output of the smoke batch (3 rows) must be finite and [3, L] or [3, D]."""
-        latent_dim, pixels = self.manifest.latent_dim, self.manifest.pixels
-        widths = {"mu": latent_dim, "logvar": latent_dim, "logits": pixels, "probs": pixels}
-        for name, value in outputs.items():
-            if value.shape != (SMOKE_ROWS, widths[name]):
-                raise ModelLoadError(
-                    f"smoke inference: {graph}{name} has shape {list(value.shape)}"
-                )
-            if not np.all(np.isfinite(value)):
-                raise ModelLoadError(f"smoke inference: {graph}{name} is not finite")
-
     def encode(self, x: Array) -> tuple[Array, Array]:
         """[B, D] pixels in [0, 1] -> mu, logvar, each [B, L]."""
-        mu, logvar = self.encoder.run(["mu", "logvar"], {"x": x})
-        return cast(Array, mu), cast(Array, logvar)
+        mu, logvar = self._finite(
+            "encoder", _ENCODER_OUTPUTS, self.encoder.run(_ENCODER_OUTPUTS, {"x": x})
+        )
+        return mu, logvar
 
     def decode_logits(self, z: Array) -> tuple[Array, Array]:
         """[B, L] -> Bernoulli logits and probabilities, each [B, D]; chunked for large B."""
@@ -184,11 +132,28 @@ class ModelRuntime:
 
     def _decoded(self, z: Array, names: list[str]) -> list[Array]:
         """The decoder's `names` outputs for z [B, L]."""
-        return _chunked_run(self.decoder, "z", z, names)
+        return self._finite("decoder", names, _chunked_run(self.decoder, "z", z, names))
 
     def _fused_run(self, x: Array) -> list[Array]:
         """The fused graph's mu, logvar and probs for x [B, D]."""
-        return _chunked_run(self.fused, "x", x, _FUSED_OUTPUTS)
+        return self._finite(
+            "reconstruct", _FUSED_OUTPUTS, _chunked_run(self.fused, "x", x, _FUSED_OUTPUTS)
+        )
+
+    def _finite(self, graph: str, names: list[str], outputs: list[Array]) -> list[Array]:
+        """`outputs` of one run, each checked for NaN and infinity: a model that gives them is
+        broken, and no response may carry them. About a fifth of a batch-1 run, per numpy
+        call rather than per value (docs/benchmarks.md, model path)."""
+        for name, value in zip(names, outputs, strict=True):
+            if not np.isfinite(value).all():
+                self._broken(graph, name)
+        return outputs
+
+    def _broken(self, graph: str, output: str) -> NoReturn:
+        error = NonFiniteOutputError(self.version, graph, output)
+        if self.report is not None:
+            self.report(error)
+        raise error
 
     def _log_px(self, x: Array, z: Array, k: int) -> npt.NDArray[np.float64]:
         """log p(x_{r // k} | z_r) for each row r of z [B*K, L] -> [B*K]."""
@@ -214,65 +179,3 @@ def _chunked_run(session: Any, feed: str, rows: Array, names: list[str]) -> list
         for i in range(0, len(rows), DECODE_CHUNK_ROWS)
     ]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
-
-
-def _session(version_dir: Path, spec: GraphSpec, threads: int) -> Any:
-    """Read the graph once, check its sha256, and build the session from those same bytes."""
-    try:
-        data = (version_dir / spec.file).read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{spec.file}: cannot read: {exc.strerror or exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        raise ModelLoadError(f"{spec.file}: sha256 is {digest}, manifest says {spec.sha256}")
-    try:
-        return ort.InferenceSession(
-            data, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # ORT raises several private exception types for a bad graph
-        raise ModelLoadError(f"{spec.file}: onnxruntime cannot load it: {exc}") from exc
-
-
-def session_options(threads: int) -> Any:
-    """One intra-op pool of `threads`, no inter-op pool, no spinning when idle.
-
-    Idle sessions' spinning threads steal the other core (DESIGN.md, runtime rules).
-    """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return options
-
-
-def _check_signature(
-    graph: str, session: Any, inputs: dict[str, Shape], outputs: dict[str, Shape]
-) -> None:
-    actual = {
-        "inputs": {a.name: (a.shape, a.type) for a in session.get_inputs()},
-        "outputs": {a.name: (a.shape, a.type) for a in session.get_outputs()},
-    }
-    for kind, expected in (("inputs", inputs), ("outputs", outputs)):
-        names = sorted(actual[kind])
-        if names != sorted(expected):
-            raise ModelLoadError(f"{graph} {kind} are {names}, expected {sorted(expected)}")
-        for name, shape in expected.items():
-            got_shape, got_type = actual[kind][name]
-            if got_type != _FLOAT or not _shape_matches(got_shape, shape):
-                raise ModelLoadError(
-                    f"{graph} {kind[:-1]} {name!r} is {got_type} {list(got_shape)}, "
-                    f"expected float32 {list(shape)}"
-                )
-
-
-def _shape_matches(actual: list[object], expected: Shape) -> bool:
-    """Fixed axes must be equal; the declared batch axis must be symbolic in the graph."""
-    if len(actual) != len(expected):
-        return False
-    return all(
-        (isinstance(want, str) and not isinstance(got, int)) or got == want
-        for got, want in zip(actual, expected, strict=True)
-    )

@@ -7,7 +7,6 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from bench.soak import SEED_MODEL
@@ -15,46 +14,29 @@ from service.http.app import create_app
 from service.model.repository import ModelRepository
 from service.settings import Settings
 from tests.service import service_samples as samples
-from tests.service.service_helpers import install, wait_for
+from tests.service.service_helpers import install, polls
 
 DIGIT, PNG = samples.digit_png(), {"content-type": "image/png"}
 
 
-@pytest.fixture
-def settings(seed_repo: Path, tmp_path: Path) -> Settings:
-    return Settings(
-        model_repository=seed_repo,
-        fallback_to_embedded=False,
-        static_dir=tmp_path / "no-static",
-        poll_interval_s=0.05,
-    )
-
-
-def polled_twice(client: TestClient) -> None:
-    holder = client.app.state.services.holder
-    for _ in range(2):
-        before = holder.snapshot
-        wait_for(lambda b=before: holder.snapshot is not b, timeout=30, what="a repository poll")
-
-
 def test_overwriting_the_served_files_does_not_change_what_is_served(
-    seed_repo: Path, settings: Settings
+    seed_repo: Path, seed_settings: Settings
 ) -> None:
     served_dir = seed_repo / "vae" / "1"
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(seed_settings)) as client:
         sample = client.get("/v1/sample?n=8&seed=3").content
         encoded = client.post("/v1/encode", content=DIGIT, headers=PNG).json()["mu"]
         # In place, as a careless copy or a failing disk would: garbage and a truncated graph.
         (served_dir / "encoder.onnx").write_bytes(b"not a graph")
         decoder = served_dir / "decoder.onnx"
         decoder.write_bytes(decoder.read_bytes()[:1000])
-        polled_twice(client)
+        polls(client, 2)
         # The runtime holds sessions built from the bytes it verified: it serves exactly those.
         assert client.get("/v1/sample?n=8&seed=3").content == sample
         assert client.get("/readyz").json()["model_version"] == "1"
         assert client.post("/v1/encode", content=DIGIT, headers=PNG).json()["mu"] == encoded
     # A restart validates from disk again, and refuses what no longer matches the manifest.
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(seed_settings)) as client:
         assert client.get("/readyz").status_code == 503
         (v1,) = client.get("/v1/models").json()["versions"]
         assert v1["status"] == "rejected" and "sha256" in v1["reason"]

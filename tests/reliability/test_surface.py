@@ -14,7 +14,15 @@ from service.http.app import create_app
 from service.settings import STATIC_DIR, Settings
 from tests.service import service_samples as samples
 
-COMPUTE_ONLY = {"/v1/reconstruct", "/v1/encode", "/v1/score", "/v1/decode", "/v1/interpolate"}
+COMPUTE_ONLY = {
+    "/v1/reconstruct",
+    "/v1/encode",
+    "/v1/score",
+    "/v1/decode",
+    "/v1/interpolate",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+}
 WRITE_METHODS = ("PUT", "PATCH", "DELETE", "POST")
 # Paths outside the OpenAPI document: the page, its files, Swagger UI, and guesses at an
 # upload or admin route.
@@ -82,6 +90,9 @@ def test_the_compute_operations_leave_the_repository_and_the_page_untouched(
         ("/v1/interpolate", batch[0], batch[1]),
         ("/v1/interpolate", z.encode(), "application/json"),
     ]
+    x = {"name": "x", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}
+    for model in ("vae", "encoder"):
+        requests.append((f"/v2/models/{model}/infer", json.dumps({"inputs": [x]}).encode(), ""))
     for path, body, content_type in requests:
         response = client.post(path, content=body, headers={"content-type": content_type})
         assert response.status_code == 200, (path, response.text)

@@ -10,6 +10,7 @@ import numpy as np
 from service.images.decoding import OpenedImage, open_image
 from service.images.preprocess import ImageOptions
 from service.inference.jobs import Job, Latent, Result, run_jobs
+from service.model import loader
 from service.model.latent import Array
 from service.model.manifest import read_manifest
 from service.model.runtime import ModelRuntime
@@ -21,7 +22,7 @@ FIELDS = ("x", "mu", "logvar", "z", "probs")
 
 
 def load_runtime(version_dir: Path) -> ModelRuntime:
-    return ModelRuntime.load(
+    return loader.load_runtime(
         version_dir, read_manifest(version_dir), threads=1, source="repository"
     )
 

@@ -77,6 +77,19 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
         time.sleep(0.01)
 
 
+def versions(client: TestClient) -> dict[int, dict[str, Any]]:
+    """GET /v1/models' versions by number (of one source: both have a version 0)."""
+    return {v["version"]: v for v in client.get("/v1/models").json()["versions"]}
+
+
+def polls(client: TestClient, count: int) -> None:
+    """Wait until the app's watcher has polled `count` more times (each assigns a snapshot)."""
+    holder = client.app.state.services.holder
+    for _ in range(count):
+        before = holder.snapshot
+        wait_for(lambda b=before: holder.snapshot is not b, timeout=30, what="a repository poll")
+
+
 def metric(client: TestClient, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for s in family.samples:

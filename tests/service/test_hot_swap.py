@@ -19,6 +19,7 @@ from tests.service.service_helpers import (
     metric,
     set_sha,
     truncate,
+    versions,
     wait_for,
 )
 
@@ -61,10 +62,6 @@ def withdraw(repo: Path, version: int) -> None:
         trash = path.with_name(f".withdrawn-{version}")
         path.rename(trash)
         shutil.rmtree(trash)
-
-
-def versions(client: TestClient) -> dict[int, dict]:
-    return {v["version"]: v for v in client.get("/v1/models").json()["versions"]}
 
 
 @pytest.fixture

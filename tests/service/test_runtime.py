@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from service.inference.jobs import Draw
 from service.model import latent
+from service.model.loader import load_runtime
 from service.model.manifest import read_manifest
 from service.model.runtime import DECODE_CHUNK_ROWS, ModelRuntime
 from tests.service.jobs_helpers import alone, job
@@ -23,7 +25,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def runtime(published: dict[str, Path]) -> ModelRuntime:
     path = published["a"]
-    return ModelRuntime.load(path, read_manifest(path), threads=1, source="repository")
+    return load_runtime(path, read_manifest(path), threads=1, source="repository")
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +178,48 @@ def test_interpolation_ends_at_the_end_points() -> None:
         axis=1,
     )
     assert np.allclose(norms, 1.0, atol=1e-5)  # slerp stays on the sphere
+
+
+def _angles(path: np.ndarray) -> np.ndarray:
+    """The angle between consecutive points of a path [S, L]: constant along a great circle."""
+    unit = path / np.linalg.norm(path, axis=1, keepdims=True)
+    return np.arccos(np.clip(np.sum(unit[1:] * unit[:-1], axis=1), -1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda a: -a,  # exactly opposite
+        lambda a: -a + np.eye(len(a))[0] * 1e-4,  # all but opposite
+        lambda a: -2.5 * a,  # opposite, of another norm
+    ],
+    ids=["opposite", "nearly-opposite", "opposite-longer"],
+)
+def test_slerp_between_opposite_vectors_keeps_off_the_origin(end: Any) -> None:
+    """Opposite ends have no one great circle; the path must not cut through 0 (it used to:
+    the midpoint of slerp(a, -a) had norm 0), and its norm goes linearly from |a| to |b|."""
+    a = np.random.default_rng(0).standard_normal(8).astype(np.float32)
+    b = np.asarray(end(a), dtype=np.float32)
+    path = latent.interpolate(a, b, 9, "slerp").astype(np.float64)
+    t = np.linspace(0.0, 1.0, 9)
+    expected = (1 - t) * np.linalg.norm(a) + t * np.linalg.norm(b)
+    np.testing.assert_allclose(np.linalg.norm(path, axis=1), expected, rtol=1e-5)
+    assert np.allclose(path[0], a, atol=1e-5) and np.allclose(path[-1], b, atol=1e-4)
+    np.testing.assert_allclose(_angles(path), math.pi / 8, rtol=1e-4)  # evenly along a half
+    assert abs(np.dot(path[4], a)) < 1e-3 * np.linalg.norm(a) ** 2  # halfway: orthogonal to a
+
+
+def test_slerp_interpolates_the_norm_along_the_great_circle() -> None:
+    rng = np.random.default_rng(1)
+    a, b = (
+        rng.standard_normal(16).astype(np.float32),
+        3 * rng.standard_normal(16).astype(np.float32),
+    )
+    path = latent.interpolate(a, b, 7, "slerp").astype(np.float64)
+    t = np.linspace(0.0, 1.0, 7)
+    expected = (1 - t) * np.linalg.norm(a) + t * np.linalg.norm(b)
+    np.testing.assert_allclose(np.linalg.norm(path, axis=1), expected, rtol=1e-5)
+    np.testing.assert_allclose(_angles(path), _angles(path)[0], rtol=1e-4)
+    # every point lies in the plane of a and b
+    basis, _ = np.linalg.qr(np.stack([a, b], axis=1).astype(np.float64))
+    np.testing.assert_allclose(basis @ (basis.T @ path.T), path.T, atol=1e-4)
