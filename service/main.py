@@ -10,8 +10,11 @@ dies or stops answering its health check, and on SIGTERM asks every worker to dr
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
+import os
+import signal
 import sys
 import warnings
 from typing import Any
@@ -27,6 +30,7 @@ from service.http.transport import ConnectionGuard, ConnectionLimits, GuardedHtt
 from service.model.memory import map_large_buffers
 from service.settings import Settings
 
+PR_SET_PDEATHSIG = 1  # prctl's option number in linux/prctl.h
 GC_THRESHOLDS = (50_000, 50, 50)  # the defaults are (700, 10, 10): allocations, then sweeps
 
 
@@ -63,6 +67,8 @@ class ServiceConfig(uvicorn.Config):
         while not isinstance(app, ServiceApp):  # inside uvicorn's own middleware
             app = app.app
         self.guard = ConnectionGuard(connection_limits(self.settings), app.services.metrics)
+        if self.workers > 1:
+            end_with_parent()
         if self.tune:
             tune_process()
 
@@ -93,6 +99,18 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         max_stalled_bytes=settings.max_stalled_bytes,
         retry_after_s=settings.retry_after_s,
     )
+
+
+def end_with_parent() -> None:
+    """A worker is sent SIGTERM (and drains) when its supervisor dies, even by SIGKILL (an
+    out-of-memory kill, say): otherwise it would keep serving, orphaned, holding the port.
+    Linux's prctl(PR_SET_PDEATHSIG); elsewhere nothing."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: not Linux
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tune_process() -> None:

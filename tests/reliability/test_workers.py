@@ -82,6 +82,24 @@ def test_sigterm_lets_every_worker_finish_what_it_accepted(seed_repo: Path, tmp_
         assert server.process.wait(timeout=30) == 0
 
 
+def test_workers_end_with_their_supervisor(seed_repo: Path, tmp_path: Path) -> None:
+    """Killed outright (an out-of-memory kill), the supervisor leaves no orphans serving."""
+    with running(seed_repo, tmp_path, workers=WORKERS) as server:
+        pids = {pid(w) for w in workers_seen(server, WORKERS)}
+        server.process.kill()
+        server.process.wait(timeout=30)
+        wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="the workers to end")
+        assert not _accepting(server.port)
+
+
+def _alive(process: int) -> bool:
+    try:
+        os.kill(process, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _accepting(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
