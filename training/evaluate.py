@@ -20,6 +20,7 @@ from training.config import IMAGE_PIXELS
 from training.loss import _importance_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[u]) > 0.01
+MODEL_GRAPHS = ("encoder", "decoder")  # the model; other graphs (reconstruct) are copies of it
 
 
 class Encodes(Protocol):
@@ -107,12 +108,13 @@ def evaluate(
 
 
 def onnx_parameters(version_dir: Path, manifest: dict[str, Any]) -> int:
-    """Weights in both graphs: the sum of their initializers' sizes."""
+    """Weights of the model: the initializers of its encoder and decoder graphs (the fused
+    reconstruct graph holds copies of the same weights)."""
     import onnx
 
     total = 0
-    for graph in manifest["graphs"].values():
-        model = onnx.load(str(version_dir / graph["file"]))
+    for name in MODEL_GRAPHS:
+        model = onnx.load(str(version_dir / manifest["graphs"][name]["file"]))
         total += sum(int(np.prod(init.dims)) for init in model.graph.initializer)
     return total
 
@@ -144,7 +146,7 @@ def describe_version(version_dir: Path, model: OnnxVAE) -> dict[str, Any]:
         "version": manifest["version"],
         "preset": manifest["training"]["preset"],
         "parameters": onnx_parameters(version_dir, manifest),
-        "onnx_bytes": sum(int(g["bytes"]) for g in manifest["graphs"].values()),
+        "onnx_bytes": sum(int(manifest["graphs"][name]["bytes"]) for name in MODEL_GRAPHS),
         "train_seconds": run.get("train_seconds"),
         "train_iterations": run.get("iterations"),
         "serving_cost_us_per_image": round(serving_cost_us(model), 1),

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from training.config import TrainConfig
+from training.evaluate import OnnxVAE, describe_version
 from training.export import TOLERANCE, export_onnx, verify_export
-from training.model import VAE
+from training.model import VAE, parameter_count
 from training.publish import (
     MANIFEST,
     PublishRefusedError,
@@ -162,3 +163,17 @@ def test_gate_refuses_a_worse_model_and_force_overrides(tmp_path: Path) -> None:
         tmp_path, model(), CFG, evaluation={"split": "validation", "neg_elbo": 105.5}
     )
     assert better.gate.startswith("passed")
+
+
+def test_evaluate_counts_the_model_not_its_files(tmp_path: Path) -> None:
+    m = model()
+    with torch.no_grad():  # non-zero biases: the exporter folds away biases that are all zero
+        for p in m.parameters():
+            p.add_(0.01)
+    version = publish_version(tmp_path, m, CFG, force=True).path
+    manifest = json.loads((version / MANIFEST).read_text())
+    assert "reconstruct" in manifest["graphs"]  # a copy of the encoder and decoder
+    described = describe_version(version, OnnxVAE(version))
+    assert described["parameters"] == parameter_count(m)
+    graphs = manifest["graphs"]
+    assert described["onnx_bytes"] == graphs["encoder"]["bytes"] + graphs["decoder"]["bytes"]
