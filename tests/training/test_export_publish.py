@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from training.config import TrainConfig
 from training.evaluate import OnnxVAE, describe_version
-from training.export import TOLERANCE, export_onnx, verify_export
+from training.export import EXPORTER_LOGGER, TOLERANCE, export_onnx, verify_export
 from training.model import VAE, parameter_count
 from training.publish import (
     MANIFEST,
@@ -163,6 +164,14 @@ def test_gate_refuses_a_worse_model_and_force_overrides(tmp_path: Path) -> None:
         tmp_path, model(), CFG, evaluation={"split": "validation", "neg_elbo": 105.5}
     )
     assert better.gate.startswith("passed")
+
+
+def test_a_failed_export_restores_the_exporters_log_level(tmp_path: Path) -> None:
+    registration = logging.getLogger(EXPORTER_LOGGER)
+    registration.setLevel(logging.INFO)
+    with pytest.raises(Exception, match="no-such-dir"):  # torch's own error for a bad path
+        export_onnx(model(), tmp_path / "no-such-dir")
+    assert registration.level == logging.INFO
 
 
 def test_evaluate_counts_the_model_not_its_files(tmp_path: Path) -> None:
