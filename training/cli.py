@@ -201,7 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from training.evaluate import Encodes, OnnxVAE, describe_version, evaluate
+    from training.evaluate import OnnxVAE, describe_version, evaluate
+    from training.loss import Encodes
     from training.train import load_model
 
     model: Encodes

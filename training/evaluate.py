@@ -10,24 +10,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from training.config import IMAGE_PIXELS
-from training.loss import _importance_terms
+from training.loss import Encodes, importance_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[u]) > 0.01
 MODEL_GRAPHS = ("encoder", "decoder")  # the model; other graphs (reconstruct) are copies of it
-
-
-class Encodes(Protocol):
-    latent_dim: int
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -87,7 +80,7 @@ def evaluate(
     recon, kl, iwae, mus = [], [], [], []
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]
-        log_px_z, log_prior_ratio, kl_b = _importance_terms(model, xb, k, gen)  # type: ignore[arg-type]
+        log_px_z, log_prior_ratio, kl_b = importance_terms(model, xb, k, gen)
         log_w = log_px_z + log_prior_ratio  # [k, B]
         recon.append(-log_px_z.mean(0))
         kl.append(kl_b)
