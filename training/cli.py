@@ -1,7 +1,7 @@
 """`vae-train` (also `python -m training`): train, evaluate, publish and fetch data.
 
 vae-train train --preset seed --data-dir data/mnist --model-repository models
-vae-train evaluate --model-repository models --k 1000
+vae-train evaluate --model-repository models
 vae-train download --data-dir data/mnist
 """
 
@@ -14,10 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import TrainConfig
+from training.config import EVAL_K, SMOKE_EVAL_K, TrainConfig
 from training.data import DEFAULT_MIRRORS, DataError, DataSource, binarize, load_split
 from training.data import train_validation as split_validation
-from training.publish import PublishRefusedError, complete_versions, publish_version
+from training.publish import (
+    GATE_TOLERANCE,
+    PublishRefusedError,
+    complete_versions,
+    publish_version,
+)
 
 log = logging.getLogger("training")
 
@@ -116,15 +121,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--gate-tolerance",
         type=float,
-        default=1.0,
+        default=GATE_TOLERANCE,
         help="nats of validation -ELBO a new model may lose (default: %(default)s)",
     )
-    r.add_argument("--eval-k", type=int, default=1000, help="importance samples for the IWAE NLL")
+    r.add_argument(
+        "--eval-k",
+        type=int,
+        default=EVAL_K,
+        help="importance samples for the IWAE NLL (default: %(default)s)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument(
         "--dry-run",
         action="store_true",
-        help="smoke test: 20 iterations on 2,000 images, k=10 on 500, no publish",
+        help=f"smoke test: 20 iterations on 2,000 images, k={SMOKE_EVAL_K} on 500, no publish",
     )
 
     e = sub.add_parser("evaluate", help="-ELBO and IWAE NLL of a checkpoint or published version")
@@ -133,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--version-dir", type=Path, help="a published version directory")
     which.add_argument("--model-repository", type=Path, help="a repository (newest version)")
     e.add_argument("--split", choices=["validation", "test"], default="validation")
-    e.add_argument("--k", type=int, default=1000, help="importance samples (default: %(default)s)")
+    e.add_argument(
+        "--k", type=int, default=EVAL_K, help="importance samples (default: %(default)s)"
+    )
     e.add_argument("--images", type=int, help="evaluate on the first N images only")
     e.add_argument("--seed", type=int, default=0)
     _data_args(e)
@@ -187,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
         gate_tolerance=args.gate_tolerance,
-        eval_k=10 if dry else args.eval_k,
+        eval_k=SMOKE_EVAL_K if dry else args.eval_k,
         eval_images=500 if dry else None,
         train_images=2_000 if dry else None,
         progress=not args.no_progress,

@@ -12,6 +12,9 @@ IMAGE_PIXELS: int = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 Objective = Literal["elbo", "iwae"]
 
+EVAL_K = 1000  # importance samples for the IWAE bound of a run's final evaluation
+SMOKE_EVAL_K = 10  # ... for --dry-run: seconds, not a minute
+
 
 @dataclass(frozen=True)
 class TrainConfig:

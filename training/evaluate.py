@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from training.config import IMAGE_PIXELS
+from training.config import EVAL_K, IMAGE_PIXELS
 from training.loss import Encodes, importance_terms
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[u]) > 0.01
@@ -70,7 +70,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    model: Encodes, x: torch.Tensor, split: str, k: int = 1000, seed: int = 0, chunk: int = 0
+    model: Encodes, x: torch.Tensor, split: str, k: int = EVAL_K, seed: int = 0, chunk: int = 0
 ) -> Evaluation:
     """Figures in nats per image on binarised x [N, 784], with k importance samples."""
     if isinstance(model, torch.nn.Module):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from training.config import TrainConfig
+from training.config import EVAL_K, TrainConfig
 from training.data import (
     DataError,
     DataSource,
@@ -23,7 +23,7 @@ from training.data import (
 from training.evaluate import Evaluation, evaluate
 from training.export import export_onnx, verify_export
 from training.model import parameter_count
-from training.publish import publish_version, sha256_file
+from training.publish import GATE_TOLERANCE, publish_version, sha256_file
 from training.train import final_figures, train
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,8 @@ class RunOptions:
     version: int | None = None  # publish as this version instead of the next free one
     resume: bool = False
     force: bool = False
-    gate_tolerance: float = 1.0
-    eval_k: int = 1000
+    gate_tolerance: float = GATE_TOLERANCE
+    eval_k: int = EVAL_K
     eval_images: int | None = None  # evaluate on the first N validation images only
     train_images: int | None = None  # train on the first N training images only
     progress: bool = True

@@ -38,7 +38,7 @@ from training.model import VAE
 MODEL_NAME = "vae"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "vae-mnist-manifest/1"
-DEFAULT_GATE_TOLERANCE = 1.0  # nats of validation -ELBO a new model may lose before refusal
+GATE_TOLERANCE = 1.0  # nats of validation -ELBO a new model may lose before refusal
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def publish_version(
     evaluation: dict[str, Any] | None = None,
     data_info: dict[str, Any] | None = None,
     force: bool = False,
-    tolerance: float = DEFAULT_GATE_TOLERANCE,
+    tolerance: float = GATE_TOLERANCE,
     run_info: dict[str, Any] | None = None,
     version: int | None = None,
 ) -> PublishResult:
