@@ -8,13 +8,14 @@ vae-train download --data-dir data/mnist
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from training.config import EVAL_K, SMOKE_EVAL_K, TrainConfig
+from training.config import EVAL_K, SMOKE_EVAL_K, TrainConfig, rule_of, value_text
 from training.data import DEFAULT_MIRRORS, DataError, DataSource, binarize, load_split
 from training.data import train_validation as split_validation
 from training.publish import (
@@ -26,25 +27,6 @@ from training.publish import (
 
 log = logging.getLogger("training")
 
-# Flags that override a preset's TrainConfig field of the same (snake_case) name.
-CONFIG_FLAGS: dict[str, tuple[type, str]] = {
-    "iterations": (int, "optimiser steps"),
-    "batch-size": (int, "images per step"),
-    "learning-rate": (float, "Adam step size"),
-    "latent-dim": (int, "size of z"),
-    "lr-schedule": (str, "constant or cosine"),
-    "kl-warmup": (int, "iterations over which the KL weight rises from 0 to 1"),
-    "objective": (str, "elbo or iwae"),
-    "train-k": (int, "importance samples per image for --objective iwae"),
-    "threshold": (float, "binarisation threshold on pixel/255"),
-    "seed": (int, "seeds weights, data order and noise; same seed, same run"),
-    "threads": (int, "torch intra-op threads"),
-    "log-every": (int, "iterations between metrics-log lines"),
-    "eval-every": (int, "iterations between validation -ELBO figures"),
-    "image-every": (int, "iterations between reconstruction/sample PNGs"),
-    "checkpoint-every": (int, "iterations between checkpoints"),
-    "early-stop-patience": (int, "validation checks without improvement before stopping (0: off)"),
-}
 DRY_RUN = {
     "iterations": 20,
     "log_every": 5,
@@ -52,6 +34,24 @@ DRY_RUN = {
     "image_every": 10,
     "checkpoint_every": 10,
 }
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with the field's help and the seed preset's value."""
+    g = p.add_argument_group("overrides of the preset (TrainConfig fields)")
+    seed = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        rule = rule_of(f)
+        if rule is None or not rule.flag:
+            continue
+        default = getattr(seed, f.name)
+        flag, text = f"--{f.name.replace('_', '-')}", f"{rule.help} (seed: {value_text(default)})"
+        if isinstance(default, tuple):
+            g.add_argument(flag, type=int, nargs="+", metavar="WIDTH", help=text)
+        else:
+            g.add_argument(
+                flag, type=type(default), metavar=type(default).__name__.upper(), help=text
+            )
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -91,11 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=TrainConfig.preset_names(),
         help="starting configuration (default: %(default)s, the notebook's recipe)",
     )
-    g = t.add_argument_group("overrides of the preset")
-    for flag, (kind, text) in CONFIG_FLAGS.items():
-        g.add_argument(f"--{flag}", type=kind, help=text)
-    g.add_argument("--encoder-hidden", type=int, nargs="+", help="hidden widths of q(z|x)")
-    g.add_argument("--decoder-hidden", type=int, nargs="+", help="hidden widths of p(x|z)")
+    _config_flags(t)
     _data_args(t)
     r = t.add_argument_group("run")
     r.add_argument(
@@ -173,12 +169,12 @@ def _source(args: argparse.Namespace) -> DataSource:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
+    """The preset with the flags given on the command line."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if rule_of(f)]
     overrides: dict[str, Any] = {
-        flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
-        for flag in [*CONFIG_FLAGS, "encoder-hidden", "decoder-hidden"]
-    }
-    overrides = {
-        k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None
+        name: tuple(v) if isinstance(v, list) else v
+        for name in names
+        if (v := getattr(args, name, None)) is not None
     }
     if args.dry_run:
         overrides = {**overrides, **DRY_RUN}

@@ -1,4 +1,7 @@
-"""One frozen configuration per training run, filled by the CLI or a preset."""
+"""One frozen configuration per training run, filled by the CLI or a preset.
+
+Each field carries its help text in its metadata (`Rule`): the CLI builds its flags from it.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +14,59 @@ IMAGE_SHAPE: tuple[int, int] = (28, 28)
 IMAGE_PIXELS: int = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 Objective = Literal["elbo", "iwae"]
+LrSchedule = Literal["constant", "cosine"]
 
 EVAL_K = 1000  # importance samples for the IWAE bound of a run's final evaluation
 SMOKE_EVAL_K = 10  # ... for --dry-run: seconds, not a minute
 
 
 @dataclass(frozen=True)
+class Rule:
+    """What a field means, for --help."""
+
+    help: str
+    flag: bool = True  # the CLI offers it as --field-name
+
+
+def option(default: Any, text: str, **rule: Any) -> Any:
+    """A config field with its help text."""
+    return field(default=default, metadata={"rule": Rule(text, **rule)})
+
+
+def rule_of(f: dataclasses.Field[Any]) -> Rule | None:
+    rule = f.metadata.get("rule")
+    return rule if isinstance(rule, Rule) else None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything needed to rebuild the model and repeat the run."""
 
-    preset: str = "seed"  # name of the preset this config started from
-    latent_dim: int = 64  # size of z
-    encoder_hidden: tuple[int, ...] = (128,)  # hidden widths of q(z|x), each Linear+ReLU
-    decoder_hidden: tuple[int, ...] = (128,)  # hidden widths of p(x|z), each Linear+ReLU
-    init_std: float = 0.1  # truncated normal (at 2 std) weight init, biases zero
-    iterations: int = 20_000  # optimiser steps
-    batch_size: int = 100  # images per step
-    learning_rate: float = 1e-3  # Adam step size
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # decay over `iterations`
-    kl_warmup: int = 0  # iterations over which the KL weight rises linearly 0 -> 1
-    objective: Objective = "elbo"  # "iwae" trains on the k-sample bound of Burda et al.
-    train_k: int = 1  # importance samples per image when objective == "iwae"
-    threshold: float = 0.5  # binarisation: pixel/255 > threshold
-    seed: int = 0  # seeds init, data order and the reparameterisation noise
-    threads: int = 1  # torch intra-op threads (1 holds steady on a shared 2-core box)
-    log_every: int = 100  # iterations between metrics-log lines
-    eval_every: int = 1_000  # iterations between validation -ELBO lines
-    image_every: int = 1_000  # iterations between reconstruction/sample PNGs
-    checkpoint_every: int = 1_000  # iterations between checkpoints
-    early_stop_patience: int = 0  # evals without validation improvement before stopping; 0 = off
+    preset: str = option("seed", "name of the preset this config started from", flag=False)
+    latent_dim: int = option(64, "size of z")
+    encoder_hidden: tuple[int, ...] = option((128,), "hidden widths of q(z|x)")
+    decoder_hidden: tuple[int, ...] = option((128,), "hidden widths of p(x|z)")
+    init_std: float = option(0.1, "std of the truncated-normal weight init")
+    iterations: int = option(20_000, "optimiser steps")
+    batch_size: int = option(100, "images per step")
+    learning_rate: float = option(1e-3, "Adam step size")
+    # option() returns a dataclasses.field; ruff knows that only of the immutable types.
+    lr_schedule: LrSchedule = option("constant", "learning rate over the run: constant or cosine")  # noqa: RUF009
+    kl_warmup: int = option(0, "iterations over which the KL weight rises 0 -> 1")
+    objective: Objective = option(  # noqa: RUF009
+        "elbo", "elbo, or iwae: the k-sample bound of Burda et al."
+    )
+    train_k: int = option(1, "importance samples per image for --objective iwae")
+    threshold: float = option(0.5, "binarisation: pixel/255 > threshold")
+    seed: int = option(0, "seeds weights, data order and noise; same seed, same run")
+    threads: int = option(1, "torch intra-op threads (1 holds steady on a busy box)")
+    log_every: int = option(100, "iterations between metrics-log lines")
+    eval_every: int = option(1_000, "iterations between validation -ELBO figures")
+    image_every: int = option(1_000, "iterations between reconstruction/sample PNGs")
+    checkpoint_every: int = option(1_000, "iterations between checkpoints")
+    early_stop_patience: int = option(
+        0, "validation checks without improvement before stopping (0: off)"
+    )
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes
 
     def __post_init__(self) -> None:
@@ -147,3 +174,8 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=25,
     ),
 }
+
+
+def value_text(value: Any) -> str:
+    """A field's value as a flag takes it: tuples comma-separated."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
