@@ -12,10 +12,19 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from training.config import EVAL_K, SMOKE_EVAL_K, TrainConfig, rule_of, value_text
+from training.config import (
+    EVAL_K,
+    SMOKE_EVAL_K,
+    Rule,
+    TrainConfig,
+    preset_summary,
+    rule_of,
+    value_text,
+)
 from training.data import DEFAULT_MIRRORS, DataError, DataSource, binarize, load_split
 from training.data import train_validation as split_validation
 from training.publish import (
@@ -36,22 +45,48 @@ DRY_RUN = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def checked(kind: Callable[[str], Any], rule: Rule) -> Callable[[str], Any]:
+    """An argparse type: parse with `kind`, then refuse what `rule` refuses."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if (problem := rule.problem(value)) is not None:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse: "invalid int value"
+    return parse
+
+
+AT_LEAST_1 = checked(int, Rule("", at_least=1))
+NON_NEGATIVE = checked(int, Rule("", at_least=0))
+
+
 def _config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, with the field's help and the seed preset's value."""
+    """One flag per TrainConfig field, with the field's help and accepted values."""
     g = p.add_argument_group("overrides of the preset (TrainConfig fields)")
     seed = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         rule = rule_of(f)
         if rule is None or not rule.flag:
             continue
-        default = getattr(seed, f.name)
-        flag, text = f"--{f.name.replace('_', '-')}", f"{rule.help} (seed: {value_text(default)})"
-        if isinstance(default, tuple):
-            g.add_argument(flag, type=int, nargs="+", metavar="WIDTH", help=text)
+        default, flag = getattr(seed, f.name), f"--{f.name.replace('_', '-')}"
+        limits = rule.describe()
+        text = f"{rule.help} ({limits + '; ' if limits else ''}seed: {value_text(default)})"
+        if rule.choices:
+            g.add_argument(flag, choices=rule.choices, help=text)
+        elif isinstance(default, tuple):
+            g.add_argument(flag, type=checked(int, rule), nargs="+", metavar="WIDTH", help=text)
         else:
-            g.add_argument(
-                flag, type=type(default), metavar=type(default).__name__.upper(), help=text
-            )
+            kind = type(default)
+            g.add_argument(flag, type=checked(kind, rule), metavar=kind.__name__.upper(), help=text)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -78,18 +113,27 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vae-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="vae-train",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train, evaluate, export and publish a model")
+    t = sub.add_parser(
+        "train",
+        help="train, evaluate, export and publish a model",
+        epilog="presets:\n" + preset_summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument(
         "--preset",
         default="seed",
         choices=TrainConfig.preset_names(),
-        help="starting configuration (default: %(default)s, the notebook's recipe)",
+        help="starting configuration (default: %(default)s, the notebook's recipe; "
+        "each is described below)",
     )
     _config_flags(t)
     _data_args(t)
@@ -109,20 +153,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-publish", action="store_true", help="export into the run dir only")
     r.add_argument(
         "--version",
-        type=int,
+        type=NON_NEGATIVE,
         help="publish as this version number instead of the next free one "
         "(the embedded default model is version 0)",
     )
     r.add_argument("--force", action="store_true", help="publish even if the quality gate refuses")
     r.add_argument(
         "--gate-tolerance",
-        type=float,
+        type=checked(float, Rule("", at_least=0)),
         default=GATE_TOLERANCE,
         help="nats of validation -ELBO a new model may lose (default: %(default)s)",
     )
     r.add_argument(
         "--eval-k",
-        type=int,
+        type=AT_LEAST_1,
         default=EVAL_K,
         help="importance samples for the IWAE NLL (default: %(default)s)",
     )
@@ -140,9 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--model-repository", type=Path, help="a repository (newest version)")
     e.add_argument("--split", choices=["validation", "test"], default="validation")
     e.add_argument(
-        "--k", type=int, default=EVAL_K, help="importance samples (default: %(default)s)"
+        "--k", type=AT_LEAST_1, default=EVAL_K, help="importance samples (default: %(default)s)"
     )
-    e.add_argument("--images", type=int, help="evaluate on the first N images only")
+    e.add_argument("--images", type=AT_LEAST_1, help="evaluate on the first N images only")
     e.add_argument("--seed", type=int, default=0)
     _data_args(e)
 

@@ -1,13 +1,15 @@
 """One frozen configuration per training run, filled by the CLI or a preset.
 
-Each field carries its help text in its metadata (`Rule`): the CLI builds its flags from it.
+Each field carries its help text and the values it accepts (`Rule`, in the field's
+metadata): `TrainConfig` checks them itself, and the CLI builds its flags from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 # MNIST geometry lives here and nowhere else.
 IMAGE_SHAPE: tuple[int, int] = (28, 28)
@@ -22,14 +24,45 @@ SMOKE_EVAL_K = 10  # ... for --dry-run: seconds, not a minute
 
 @dataclass(frozen=True)
 class Rule:
-    """What a field means, for --help."""
+    """What a field means and which values it accepts (bounds apply to each element of a
+    tuple)."""
 
     help: str
+    at_least: float | None = None
+    above: float | None = None
+    below: float | None = None
+    choices: tuple[str, ...] = ()
     flag: bool = True  # the CLI offers it as --field-name
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not accepted, or None."""
+        try:
+            return self._problem(value)
+        except TypeError:
+            return "has the wrong type"
+
+    def _problem(self, value: Any) -> str | None:
+        if self.choices:
+            return None if value in self.choices else f"choose one of {', '.join(self.choices)}"
+        for v in value if isinstance(value, tuple) else (value,):
+            if self.at_least is not None and v < self.at_least:
+                return f"must be >= {self.at_least:g}"
+            if self.above is not None and v <= self.above:
+                return f"must be > {self.above:g}"
+            if self.below is not None and v >= self.below:
+                return f"must be < {self.below:g}"
+        return None
+
+    def describe(self) -> str:
+        """The accepted values, in words, for --help."""
+        parts = [f">= {self.at_least:g}"] if self.at_least is not None else []
+        parts += [f"> {self.above:g}"] if self.above is not None else []
+        parts += [f"< {self.below:g}"] if self.below is not None else []
+        return " and ".join(parts)
 
 
 def option(default: Any, text: str, **rule: Any) -> Any:
-    """A config field with its help text."""
+    """A config field with its help text and accepted values."""
     return field(default=default, metadata={"rule": Rule(text, **rule)})
 
 
@@ -43,52 +76,40 @@ class TrainConfig:
     """Everything needed to rebuild the model and repeat the run."""
 
     preset: str = option("seed", "name of the preset this config started from", flag=False)
-    latent_dim: int = option(64, "size of z")
-    encoder_hidden: tuple[int, ...] = option((128,), "hidden widths of q(z|x)")
-    decoder_hidden: tuple[int, ...] = option((128,), "hidden widths of p(x|z)")
-    init_std: float = option(0.1, "std of the truncated-normal weight init")
-    iterations: int = option(20_000, "optimiser steps")
-    batch_size: int = option(100, "images per step")
-    learning_rate: float = option(1e-3, "Adam step size")
+    latent_dim: int = option(64, "size of z", at_least=1)
+    encoder_hidden: tuple[int, ...] = option((128,), "hidden widths of q(z|x)", at_least=1)
+    decoder_hidden: tuple[int, ...] = option((128,), "hidden widths of p(x|z)", at_least=1)
+    init_std: float = option(0.1, "std of the truncated-normal weight init", above=0)
+    iterations: int = option(20_000, "optimiser steps", at_least=1)
+    batch_size: int = option(100, "images per step", at_least=1)
+    learning_rate: float = option(1e-3, "Adam step size", above=0)
     # option() returns a dataclasses.field; ruff knows that only of the immutable types.
-    lr_schedule: LrSchedule = option("constant", "learning rate over the run: constant or cosine")  # noqa: RUF009
-    kl_warmup: int = option(0, "iterations over which the KL weight rises 0 -> 1")
-    objective: Objective = option(  # noqa: RUF009
-        "elbo", "elbo, or iwae: the k-sample bound of Burda et al."
+    lr_schedule: LrSchedule = option(  # noqa: RUF009
+        "constant", "learning rate over the run", choices=get_args(LrSchedule)
     )
-    train_k: int = option(1, "importance samples per image for --objective iwae")
-    threshold: float = option(0.5, "binarisation: pixel/255 > threshold")
-    seed: int = option(0, "seeds weights, data order and noise; same seed, same run")
-    threads: int = option(1, "torch intra-op threads (1 holds steady on a busy box)")
-    log_every: int = option(100, "iterations between metrics-log lines")
-    eval_every: int = option(1_000, "iterations between validation -ELBO figures")
-    image_every: int = option(1_000, "iterations between reconstruction/sample PNGs")
-    checkpoint_every: int = option(1_000, "iterations between checkpoints")
+    kl_warmup: int = option(0, "iterations over which the KL weight rises 0 -> 1", at_least=0)
+    objective: Objective = option(  # noqa: RUF009
+        "elbo", "iwae trains on the k-sample bound of Burda et al.", choices=get_args(Objective)
+    )
+    train_k: int = option(1, "importance samples per image for --objective iwae", at_least=1)
+    threshold: float = option(0.5, "binarisation: pixel/255 > threshold", above=0, below=1)
+    seed: int = option(0, "seeds weights, data order and noise; same seed, same run", at_least=0)
+    threads: int = option(1, "torch intra-op threads (1 holds steady on a busy box)", at_least=1)
+    log_every: int = option(100, "iterations between metrics-log lines", at_least=1)
+    eval_every: int = option(1_000, "iterations between validation -ELBO figures", at_least=1)
+    image_every: int = option(1_000, "iterations between reconstruction/sample PNGs", at_least=1)
+    checkpoint_every: int = option(1_000, "iterations between checkpoints", at_least=1)
     early_stop_patience: int = option(
-        0, "validation checks without improvement before stopping (0: off)"
+        0, "validation checks without improvement before stopping (0: off)", at_least=0
     )
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form notes
 
     def __post_init__(self) -> None:
         problems = [
-            f"{name} must be >= {low}, got {getattr(self, name)}"
-            for name, low in (
-                ("latent_dim", 1),
-                ("iterations", 1),
-                ("batch_size", 1),
-                ("train_k", 1),
-                ("threads", 1),
-                ("log_every", 1),
-                ("eval_every", 1),
-                ("image_every", 1),
-                ("checkpoint_every", 1),
-            )
-            if getattr(self, name) < low
+            f"{f.name} {problem}, got {getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if (rule := rule_of(f)) and (problem := rule.problem(getattr(self, f.name)))
         ]
-        if not 0.0 < self.threshold < 1.0:
-            problems.append(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.objective == "elbo" and self.train_k != 1:
             problems.append("train_k > 1 needs objective='iwae'")
         if problems:
@@ -120,15 +141,21 @@ class TrainConfig:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Field name -> (this value, the other's), for the fields that differ."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)
+            if f.compare and getattr(self, f.name) != getattr(other, f.name)
+        }
+
 
 PRESETS: dict[str, TrainConfig] = {
     # The teaching notebook's recipe, exactly: 784-128-(64+64) / 64-128-784, Adam 1e-3,
     # batch 100, 20,000 iterations, x > 0.5.
     "seed": TrainConfig(preset="seed"),
     # Beyond the seed (issue: model quality). Each keeps latent_dim 64 for a fair comparison.
-    # The seed network, trained five times longer with a cosine-decayed learning rate.
     "long": TrainConfig(preset="long", iterations=100_000, lr_schedule="cosine"),
-    # One wider hidden layer, KL warm-up, cosine decay.
     "wide": TrainConfig(
         preset="wide",
         encoder_hidden=(512,),
@@ -137,7 +164,6 @@ PRESETS: dict[str, TrainConfig] = {
         lr_schedule="cosine",
         kl_warmup=5_000,
     ),
-    # Two hidden layers of 256, KL warm-up, cosine decay.
     "deep": TrainConfig(
         preset="deep",
         encoder_hidden=(256, 256),
@@ -146,8 +172,6 @@ PRESETS: dict[str, TrainConfig] = {
         lr_schedule="cosine",
         kl_warmup=5_000,
     ),
-    # Two hidden layers of 192: the deep recipe at under 2x the seed's serving cost and
-    # under 2 MB of ONNX.
     "compact": TrainConfig(
         preset="compact",
         encoder_hidden=(192, 192),
@@ -156,11 +180,9 @@ PRESETS: dict[str, TrainConfig] = {
         lr_schedule="cosine",
         kl_warmup=5_000,
     ),
-    # The seed network trained on the k=5 importance-weighted bound (Burda et al. 2015).
     "iwae": TrainConfig(
         preset="iwae", objective="iwae", train_k=5, iterations=40_000, lr_schedule="cosine"
     ),
-    # For smoke tests and dry runs: same shape of pipeline, seconds to run.
     "tiny": TrainConfig(
         preset="tiny",
         latent_dim=8,
@@ -174,6 +196,30 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=25,
     ),
 }
+PRESET_NOTES: dict[str, str] = {
+    "seed": "the teaching notebook's recipe, exactly: 784-128-(64+64) / 64-128-784, Adam 1e-3, "
+    "batch 100, 20,000 iterations, x > 0.5 (the seed values above)",
+    "long": "the seed network trained five times longer, cosine-decayed",
+    "wide": "one wider hidden layer, KL warm-up, cosine decay",
+    "deep": "two hidden layers of 256, KL warm-up, cosine decay",
+    "compact": "the deep recipe at 192 wide: the embedded default model's preset",
+    "iwae": "the seed network on the k=5 importance-weighted bound (Burda et al. 2015)",
+    "tiny": "for smoke tests: seconds to run",
+}
+
+
+def preset_summary() -> str:
+    """Each preset and the fields it sets beyond the seed's, for --help."""
+    lines = []
+    for name, cfg in PRESETS.items():
+        changed = cfg.differences(PRESETS["seed"])
+        changed.pop("preset", None)
+        sets = ", ".join(f"{k}={value_text(v)}" for k, (v, _) in changed.items())
+        text = PRESET_NOTES[name] + (f"; sets {sets}" if sets else "")
+        lines.append(
+            textwrap.fill(text, 88, initial_indent=f"  {name:9}", subsequent_indent=" " * 11)
+        )
+    return "\n".join(lines)
 
 
 def value_text(value: Any) -> str:
