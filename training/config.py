@@ -19,7 +19,7 @@ Objective = Literal["elbo", "iwae"]
 LrSchedule = Literal["constant", "cosine"]
 
 EVAL_K = 1000  # importance samples for the IWAE bound of a run's final evaluation
-SMOKE_EVAL_K = 10  # ... for --dry-run: seconds, not a minute
+SMOKE_EVAL_K = 10  # ... for the `tiny` preset and --dry-run: seconds, not a minute
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,13 @@ PRESET_NOTES: dict[str, str] = {
     "deep": "two hidden layers of 256, KL warm-up, cosine decay",
     "compact": "the deep recipe at 192 wide: the embedded default model's preset",
     "iwae": "the seed network on the k=5 importance-weighted bound (Burda et al. 2015)",
-    "tiny": "for smoke tests: seconds to run",
+    "tiny": f"for smoke tests: seconds to run; evaluates with k={SMOKE_EVAL_K}",
 }
+
+
+def eval_k(preset: str) -> int:
+    """The IWAE k a preset's run is evaluated with by default."""
+    return SMOKE_EVAL_K if preset == "tiny" else EVAL_K
 
 
 def preset_summary() -> str:

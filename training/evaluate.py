@@ -17,9 +17,11 @@ import onnxruntime as ort
 import torch
 
 from training.config import EVAL_K, IMAGE_PIXELS
-from training.loss import Encodes, importance_terms
+from training.loss import ElboTerms, Encodes, elbo_terms, importance_terms
+from training.progress import Meter
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[u]) > 0.01
+EVAL_SEED = 1234  # fixed noise for validation figures, so that every report of one model agrees
 MODEL_GRAPHS = ("encoder", "decoder")  # the model; other graphs (reconstruct) are copies of it
 
 
@@ -42,6 +44,7 @@ class OnnxVAE:
         graphs = self.manifest["graphs"]
         self.encoder = _session(version_dir / graphs["encoder"]["file"], threads)
         self.decoder = _session(version_dir / graphs["decoder"]["file"], threads)
+        self.threshold = float(self.manifest["preprocessing"]["binarize_threshold"])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder.run(["mu", "logvar"], {"x": x.numpy()})
@@ -57,7 +60,7 @@ class OnnxVAE:
 class Evaluation:
     split: str
     images: int
-    neg_elbo: float  # E_q[-log p(x|z)] (averaged over the k samples) + analytic KL
+    neg_elbo: float  # one-sample -ELBO with fixed noise: what metrics.jsonl logs in training
     reconstruction: float
     kl: float
     iwae_nll: float  # -log (1/k) sum w_i: the tighter bound, Burda et al. (2015)
@@ -69,31 +72,48 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(
-    model: Encodes, x: torch.Tensor, split: str, k: int = EVAL_K, seed: int = 0, chunk: int = 0
-) -> Evaluation:
-    """Figures in nats per image on binarised x [N, 784], with k importance samples."""
+def validation_terms(model: Encodes, x: torch.Tensor, seed: int = EVAL_SEED) -> ElboTerms:
+    """One-sample -ELBO on all of x [N, 784] with the noise of `seed`: the validation figure
+    of training's metrics log, of a run's summary and of the quality gate alike."""
+    training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
         model.eval()
+    terms = elbo_terms(model, x, torch.Generator().manual_seed(seed))
+    if isinstance(model, torch.nn.Module):
+        model.train(training)
+    return terms
+
+
+@torch.no_grad()
+def evaluate(
+    model: Encodes,
+    x: torch.Tensor,
+    split: str,
+    k: int = EVAL_K,
+    seed: int = EVAL_SEED,
+    meter: Meter | None = None,
+) -> Evaluation:
+    """Figures in nats per image on binarised x [N, 784]; the IWAE bound with k samples."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    terms = validation_terms(model, x, seed)
     gen = torch.Generator().manual_seed(seed)
-    chunk = chunk or max(1, 20_000 // k)  # keeps [k, chunk, 784] near 60 MB
-    recon, kl, iwae, mus = [], [], [], []
+    chunk = max(1, 20_000 // k)  # keeps [k, chunk, 784] near 60 MB
+    iwae, mus = [], []
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]
-        log_px_z, log_prior_ratio, kl_b = importance_terms(model, xb, k, gen)
-        log_w = log_px_z + log_prior_ratio  # [k, B]
-        recon.append(-log_px_z.mean(0))
-        kl.append(kl_b)
-        iwae.append(-(torch.logsumexp(log_w, 0) - np.log(k)))
+        log_px_z, log_prior_ratio, _ = importance_terms(model, xb, k, gen)
+        iwae.append(-(torch.logsumexp(log_px_z + log_prior_ratio, 0) - np.log(k)))  # [B]
         mus.append(model.encode(xb)[0])
+        if meter is not None:
+            meter.update(len(xb))
     mu = torch.cat(mus)
-    r, kk = torch.cat(recon).mean().item(), torch.cat(kl).mean().item()
     return Evaluation(
         split=split,
         images=len(x),
-        neg_elbo=r + kk,
-        reconstruction=r,
-        kl=kk,
+        neg_elbo=terms.loss.item(),
+        reconstruction=terms.reconstruction.item(),
+        kl=terms.kl.item(),
         iwae_nll=torch.cat(iwae).mean().item(),
         iwae_k=k,
         active_units=int((mu.var(0) > ACTIVE_UNIT_THRESHOLD).sum().item()),

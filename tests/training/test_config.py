@@ -48,6 +48,7 @@ def test_every_problem_is_named_at_once() -> None:
         (["--eval-k", "0"], "argument --eval-k: must be >= 1, got 0"),
         (["--gate-tolerance", "-1"], "argument --gate-tolerance: must be >= 0, got -1"),
         (["--iterations", "ten"], "argument --iterations: invalid int value: 'ten'"),
+        (["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
     ],
 )
 def test_the_cli_refuses_them_in_one_line(
