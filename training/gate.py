@@ -155,4 +155,4 @@ def describe(repo_root: Path, embedded: Path = EMBEDDED_MODEL) -> str | None:
     if ref is None:
         return None
     old = float(ref.evaluation["neg_elbo"])
-    return f"{ref.label} (validation -ELBO {old:.2f} as recorded)"
+    return f"{ref.label}, validation -ELBO {old:.2f} as recorded"

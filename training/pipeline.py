@@ -105,7 +105,7 @@ def check_publishing(opts: RunOptions) -> None:
             f"{opts.embedded}); pass --force to publish anyway"
         )
     log.info(
-        "quality gate: the new model must be no worse than %s, within %g nats",
+        "quality gate: the new model will be compared with %s; tolerance %g nats",
         reference,
         opts.gate_tolerance,
     )
