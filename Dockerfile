@@ -99,17 +99,21 @@ RUN pip install --require-hashes --no-deps -r /tmp/requirements/train.lock \
 COPY --from=wheel-train /dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl \
     && rm -rf /tmp/dist /tmp/requirements
+# The embedded default model, as files: the quality gate's reference while the repository
+# has no version with figures (the service image serves the same model).
+COPY service/default_model/ /opt/vae-mnist/default_model/
 # Training writes only to /models (the repository volume), /data (the MNIST cache volume)
 # and /tmp (a tmpfs: the run directory, matplotlib's cache).
 ENV MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/cache \
-    HOME=/tmp
+    HOME=/tmp \
+    VAE_EMBEDDED_MODEL=/opt/vae-mnist/default_model
 # Numeric, so that a runtime can check it is not root (e.g. Kubernetes' runAsNonRoot).
 ARG APP_UID=10001
 USER ${APP_UID}:${APP_UID}
 WORKDIR /tmp
 ENTRYPOINT ["vae-train"]
-CMD ["train", "--data-dir=/data", "--model-repository=/models", "--run-dir=/tmp/run", "--no-progress"]
+CMD ["train", "--preset=compact", "--data-dir=/data", "--model-repository=/models", "--run-dir=/tmp/run", "--no-progress"]
 
 # ---------------------------------------------------------------------------------------------
 # The default target (a build with no --target) is the serving image. The legacy builder

@@ -91,19 +91,22 @@ bench-peers: $(VENV)/.installed $(PEERS_VENV)/.installed
 	MNIST_DIR=$(MNIST_DIR) $(VENV)/bin/python bench/peers/compare.py $(PEERS_ARGS)
 
 ## default-model: retrain the chosen preset on the real MNIST and publish it as the embedded model,
-## version 0 (so the first version training publishes, 1, is told apart in X-Model-Version)
+## version 0 (so the first version training publishes, 1, is told apart in X-Model-Version);
+## the quality gate compares it with the current embedded model. Keep docker-compose.yml's
+## train defaults equal to the new model's preset and iterations (a test checks them).
 default-model: $(VENV)/.installed
 	rm -rf runs/default-model-repository
 	$(VENV)/bin/vae-train train --preset $(DEFAULT_PRESET) --data-dir $(MNIST_DIR) --no-download \
-		--run-dir runs/default-model --model-repository runs/default-model-repository --version 0 \
-		--no-progress
+		--run-dir runs/default-model --overwrite --model-repository runs/default-model-repository \
+		--version 0 --no-progress
 	rm -rf service/default_model/vae
 	mv runs/default-model-repository/vae service/default_model/vae
 
-## seed-model: the teaching notebook's recipe, exactly, published into models-seed/
+## seed-model: the teaching notebook's recipe, exactly, published into models-seed/ (forced: it
+## is worse than the embedded default model, which the quality gate compares it with)
 seed-model: $(VENV)/.installed
 	$(VENV)/bin/vae-train train --preset seed --data-dir $(MNIST_DIR) --no-download \
-		--run-dir runs/seed --model-repository models-seed --no-progress
+		--run-dir runs/seed --overwrite --model-repository models-seed --no-progress --force
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) $(TOOLS_VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ dies or stops answering its health check, and on SIGTERM asks every worker to dr
 from __future__ import annotations
 
 import ctypes
+import difflib
 import functools
 import gc
 import os
@@ -130,23 +131,24 @@ def tune_process() -> None:
 
 
 def load_settings() -> Settings:
-    """Settings from the environment; invalid ones, or VAE_* variables that name no setting,
-    end the process with a clear message."""
-    lines = [
-        f"  {name}: not a setting (docs/api.md lists them)" for name in Settings.unknown_variables()
-    ]
+    """Settings from the environment; invalid ones end the process with a clear message. A
+    VAE_* variable that names no setting is warned about, with the setting it may have meant:
+    a typo would otherwise be ignored in silence (it is not an error: the same shell may hold
+    the training job's and Compose's VAE_* variables)."""
+    for name in Settings.unknown_variables():
+        near = difflib.get_close_matches(name, Settings.variable_names(), n=1)
+        hint = f"; did you mean {near[0]}?" if near else " (docs/api.md lists them)"
+        print(f"vae-serve: warning: {name} is not a setting, ignored{hint}", file=sys.stderr)
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
-        lines += [
+        lines = [
             f"  VAE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
             if e["loc"]
             else f"  {e['msg']}"
             for e in exc.errors(include_url=False)
         ]
-    if lines:
         sys.exit("vae-serve: invalid settings:\n" + "\n".join(lines))
-    return settings
 
 
 def main() -> None:

@@ -124,9 +124,14 @@ class Settings(BaseSettings):
     )
 
     @classmethod
+    def variable_names(cls) -> list[str]:
+        """The environment variable of every setting."""
+        return [f"VAE_{name.upper()}" for name in cls.model_fields]
+
+    @classmethod
     def unknown_variables(cls) -> list[str]:
-        """VAE_* environment variables that name no setting (a typo is ignored otherwise)."""
-        known = {f"VAE_{name.upper()}" for name in cls.model_fields}
+        """VAE_* environment variables that name no setting."""
+        known = set(cls.variable_names())
         return sorted(name for name in os.environ if name.startswith("VAE_") and name not in known)
 
     @field_validator("model_repository", mode="before")

@@ -1,275 +1,82 @@
 """`vae-train` (also `python -m training`): train, evaluate, publish and fetch data.
 
-vae-train train --preset seed --data-dir data/mnist --model-repository models
-vae-train evaluate --model-repository models --k 1000
+vae-train train --preset compact --data-dir data/mnist --model-repository models
+vae-train evaluate --model-repository models
+vae-train publish --checkpoint runs/RUN/checkpoints/last.pt --model-repository models
 vae-train download --data-dir data/mnist
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import shlex
+import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-from training.config import TrainConfig
-from training.data import DEFAULT_MIRRORS, DataError, DataSource, binarize, load_split
-from training.data import train_validation as split_validation
-from training.publish import PublishRefusedError, complete_versions, publish_version
+from training import arguments, commands
+from training.checkpoint import CheckpointError
+from training.data import DataError
+from training.gate import PublishRefusedError
+from training.interrupt import Interrupted, signals_as_interrupts
+from training.repository import RepositoryError
+from training.rundir import CHECKPOINT, RunDirError
 
 log = logging.getLogger("training")
 
-# Flags that override a preset's TrainConfig field of the same (snake_case) name.
-CONFIG_FLAGS: dict[str, tuple[type, str]] = {
-    "iterations": (int, "optimiser steps"),
-    "batch-size": (int, "images per step"),
-    "learning-rate": (float, "Adam step size"),
-    "latent-dim": (int, "size of z"),
-    "lr-schedule": (str, "constant or cosine"),
-    "kl-warmup": (int, "iterations over which the KL weight rises from 0 to 1"),
-    "objective": (str, "elbo or iwae"),
-    "train-k": (int, "importance samples per image for --objective iwae"),
-    "threshold": (float, "binarisation threshold on pixel/255"),
-    "seed": (int, "seeds weights, data order and noise; same seed, same run"),
-    "threads": (int, "torch intra-op threads"),
-    "log-every": (int, "iterations between metrics-log lines"),
-    "eval-every": (int, "iterations between validation -ELBO figures"),
-    "image-every": (int, "iterations between reconstruction/sample PNGs"),
-    "checkpoint-every": (int, "iterations between checkpoints"),
-    "early-stop-patience": (int, "validation checks without improvement before stopping (0: off)"),
-}
-DRY_RUN = {
-    "iterations": 20,
-    "log_every": 5,
-    "eval_every": 10,
-    "image_every": 10,
-    "checkpoint_every": 10,
-}
+# A user's mistake or the world's (missing data, a full disk): one line, exit 2.
+USER_ERRORS = (
+    DataError,
+    PublishRefusedError,
+    RepositoryError,
+    RunDirError,
+    CheckpointError,
+    ValueError,
+    OSError,
+)
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("data/mnist"),
-        help="directory of the MNIST IDX files, gz or raw (default: %(default)s)",
-    )
-    g.add_argument(
-        "--mirror",
-        action="append",
-        dest="mirrors",
-        metavar="URL",
-        help="download base URL, tried in order (repeatable; default: two public mirrors)",
-    )
-    g.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    g.add_argument(
-        "--allow-unverified-data",
-        action="store_true",
-        help="accept files whose checksums or counts differ from standard MNIST",
-    )
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    """The command line that continues an interrupted `train` in run_dir."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip or arg in ("--resume", "--overwrite") or arg.startswith("--run-dir="):
+            skip = False
+        elif arg == "--run-dir":
+            skip = True
+        else:
+            kept.append(arg)
+    return shlex.join(["vae-train", *kept, "--run-dir", str(run_dir), "--resume"])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vae-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    t = sub.add_parser("train", help="train, evaluate, export and publish a model")
-    t.add_argument(
-        "--preset",
-        default="seed",
-        choices=TrainConfig.preset_names(),
-        help="starting configuration (default: %(default)s, the notebook's recipe)",
-    )
-    g = t.add_argument_group("overrides of the preset")
-    for flag, (kind, text) in CONFIG_FLAGS.items():
-        g.add_argument(f"--{flag}", type=kind, help=text)
-    g.add_argument("--encoder-hidden", type=int, nargs="+", help="hidden widths of q(z|x)")
-    g.add_argument("--decoder-hidden", type=int, nargs="+", help="hidden widths of p(x|z)")
-    _data_args(t)
-    r = t.add_argument_group("run")
-    r.add_argument(
-        "--run-dir", type=Path, help="metrics, images, checkpoints (default: runs/PRESET)"
-    )
-    r.add_argument(
-        "--resume", action="store_true", help="continue from the run dir's last checkpoint"
-    )
-    r.add_argument(
-        "--model-repository",
-        type=Path,
-        default=Path("models"),
-        help="publish into this repository (default: %(default)s)",
-    )
-    r.add_argument("--no-publish", action="store_true", help="export into the run dir only")
-    r.add_argument(
-        "--version",
-        type=int,
-        help="publish as this version number instead of the next free one "
-        "(the embedded default model is version 0)",
-    )
-    r.add_argument("--force", action="store_true", help="publish even if the quality gate refuses")
-    r.add_argument(
-        "--gate-tolerance",
-        type=float,
-        default=1.0,
-        help="nats of validation -ELBO a new model may lose (default: %(default)s)",
-    )
-    r.add_argument("--eval-k", type=int, default=1000, help="importance samples for the IWAE NLL")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="smoke test: 20 iterations on 2,000 images, k=10 on 500, no publish",
-    )
-
-    e = sub.add_parser("evaluate", help="-ELBO and IWAE NLL of a checkpoint or published version")
-    which = e.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", type=Path, help="a training checkpoint (last.pt)")
-    which.add_argument("--version-dir", type=Path, help="a published version directory")
-    which.add_argument("--model-repository", type=Path, help="a repository (newest version)")
-    e.add_argument("--split", choices=["validation", "test"], default="validation")
-    e.add_argument("--k", type=int, default=1000, help="importance samples (default: %(default)s)")
-    e.add_argument("--images", type=int, help="evaluate on the first N images only")
-    e.add_argument("--seed", type=int, default=0)
-    _data_args(e)
-
-    pb = sub.add_parser("publish", help="publish a checkpoint into a model repository")
-    pb.add_argument("--checkpoint", type=Path, required=True)
-    pb.add_argument("--model-repository", type=Path, required=True)
-    pb.add_argument("--force", action="store_true", help="publish even without figures")
-
-    d = sub.add_parser("download", help="fetch the MNIST files that are missing")
-    d.add_argument("--with-test", action="store_true", help="also fetch the t10k test files")
-    _data_args(d)
-    return parser
-
-
-def _source(args: argparse.Namespace) -> DataSource:
-    unverified = args.allow_unverified_data
-    return DataSource(
-        directory=args.data_dir,
-        mirrors=tuple(args.mirrors or DEFAULT_MIRRORS),
-        checksums={} if unverified else None,
-        download=not args.no_download,
-        expect_standard_counts=not unverified,
-    )
-
-
-def _config(args: argparse.Namespace) -> TrainConfig:
-    overrides: dict[str, Any] = {
-        flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
-        for flag in [*CONFIG_FLAGS, "encoder-hidden", "decoder-hidden"]
-    }
-    overrides = {
-        k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None
-    }
-    if args.dry_run:
-        overrides = {**overrides, **DRY_RUN}
-    return TrainConfig.from_preset(args.preset, **overrides)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.pipeline import RunOptions, run
-
-    cfg = _config(args)
-    dry = args.dry_run
-    run_dir = args.run_dir or Path("runs") / (f"{cfg.preset}-dry-run" if dry else cfg.preset)
-    opts = RunOptions(
-        data=_source(args),
-        run_dir=run_dir,
-        repository=None if (args.no_publish or dry) else args.model_repository,
-        version=args.version,
-        resume=args.resume,
-        force=args.force,
-        gate_tolerance=args.gate_tolerance,
-        eval_k=10 if dry else args.eval_k,
-        eval_images=500 if dry else None,
-        train_images=2_000 if dry else None,
-        progress=not args.no_progress,
-    )
-    log.info("config: %s", json.dumps(cfg.to_dict()))
-    summary = run(cfg, opts)
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from training.evaluate import Encodes, OnnxVAE, describe_version, evaluate
-    from training.train import load_model
-
-    model: Encodes
-    if args.checkpoint:
-        model, cfg = load_model(args.checkpoint)
-        threshold, what = cfg.threshold, str(args.checkpoint)
-    else:
-        version_dir = args.version_dir or _newest(args.model_repository)
-        onnx_model = OnnxVAE(version_dir)
-        threshold = float(onnx_model.manifest["preprocessing"]["binarize_threshold"])
-        model, what = onnx_model, str(version_dir)
-    source = _source(args)
-    if args.split == "test":
-        images = load_split(source, "test").images
-    else:
-        images = split_validation(load_split(source, "train"))[1].images
-    x = binarize(images[: args.images], threshold)
-    torch.set_num_threads(1)
-    result = evaluate(model, x, args.split, args.k, args.seed)
-    report = {"model": what, **result.to_dict()}
-    if not args.checkpoint:
-        report.update(describe_version(version_dir, onnx_model))
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-def _newest(repository: Path) -> Path:
-    versions = complete_versions(repository)
-    if not versions:
-        raise DataError(f"no published version (a vae/<n>/manifest.json) under {repository}")
-    return versions[max(versions)]
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    from training.train import load_model
-
-    model, cfg = load_model(args.checkpoint)
-    result = publish_version(args.model_repository, model, cfg, force=args.force)
-    print(json.dumps({"version": result.version, "path": str(result.path), "gate": result.gate}))
-    return 0
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    source = _source(args)
-    for split in ("train", "test") if args.with_test else ("train",):
-        data = load_split(source, split)
-        print(f"{split}: {len(data)} images verified in {source.directory}")
-    return 0
-
-
-COMMANDS = {
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "publish": cmd_publish,
-    "download": cmd_download,
-}
+def _stopped(args: argparse.Namespace, argv: list[str], signum: int, what: str) -> int:
+    run_dir = getattr(args, "resolved_run_dir", None)
+    if args.command == "train" and run_dir is not None and (run_dir / CHECKPOINT).is_file():
+        what += f"; resume with: {resume_command(argv, run_dir)}"
+    log.error("stopped by %s: %s", signal.Signals(signum).name, what)
+    return 128 + signum
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = arguments.parser(__doc__).parse_args(argv)
     # Our own progress at INFO; the exporter's libraries only when something is wrong.
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return COMMANDS[args.command](args)
-    except (DataError, PublishRefusedError, ValueError, FileNotFoundError) as exc:
+        with signals_as_interrupts():
+            return commands.COMMANDS[args.command](args)
+    except Interrupted as stop:
+        return _stopped(
+            args, argv, stop.signum, f"checkpoint written at iteration {stop.iteration}"
+        )
+    except KeyboardInterrupt as exc:
+        return _stopped(args, argv, getattr(exc, "signum", signal.SIGINT), "interrupted")
+    except USER_ERRORS as exc:
         log.error("%s", exc)
         return 2
 

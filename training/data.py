@@ -203,12 +203,13 @@ def missing_files(source: DataSource, split: str) -> list[str]:
 def load_split(source: DataSource, split: str) -> Split:
     """The whole 'train' (60,000) or 'test' (10,000) set, downloading missing files."""
     images_stem, labels_stem, count = SPLIT_FILES[split]
-    for name in missing_files(source, split):
-        if not source.download:
-            raise DataError(
-                f"{name} is not in {source.directory}; put the MNIST files there "
-                "or allow downloading"
-            )
+    missing = missing_files(source, split)
+    if missing and not source.download:
+        raise DataError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in "
+            f"{source.directory}; put the MNIST files there or allow downloading"
+        )
+    for name in missing:
         download(source, name)
     images_path = _find(source.directory, images_stem)
     labels_path = _find(source.directory, labels_stem)

@@ -10,23 +10,19 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from training.config import IMAGE_PIXELS
-from training.loss import _importance_terms
+from training.config import EVAL_K, IMAGE_PIXELS
+from training.loss import ElboTerms, Encodes, elbo_terms, importance_terms
+from training.progress import Meter
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[u]) > 0.01
-
-
-class Encodes(Protocol):
-    latent_dim: int
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+EVAL_SEED = 1234  # fixed noise for validation figures, so that every report of one model agrees
+MODEL_GRAPHS = ("encoder", "decoder")  # the model; other graphs (reconstruct) are copies of it
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -48,6 +44,7 @@ class OnnxVAE:
         graphs = self.manifest["graphs"]
         self.encoder = _session(version_dir / graphs["encoder"]["file"], threads)
         self.decoder = _session(version_dir / graphs["decoder"]["file"], threads)
+        self.threshold = float(self.manifest["preprocessing"]["binarize_threshold"])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder.run(["mu", "logvar"], {"x": x.numpy()})
@@ -63,7 +60,7 @@ class OnnxVAE:
 class Evaluation:
     split: str
     images: int
-    neg_elbo: float  # E_q[-log p(x|z)] (averaged over the k samples) + analytic KL
+    neg_elbo: float  # one-sample -ELBO with fixed noise: what metrics.jsonl logs in training
     reconstruction: float
     kl: float
     iwae_nll: float  # -log (1/k) sum w_i: the tighter bound, Burda et al. (2015)
@@ -75,31 +72,48 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(
-    model: Encodes, x: torch.Tensor, split: str, k: int = 1000, seed: int = 0, chunk: int = 0
-) -> Evaluation:
-    """Figures in nats per image on binarised x [N, 784], with k importance samples."""
+def validation_terms(model: Encodes, x: torch.Tensor, seed: int = EVAL_SEED) -> ElboTerms:
+    """One-sample -ELBO on all of x [N, 784] with the noise of `seed`: the validation figure
+    of training's metrics log, of a run's summary and of the quality gate alike."""
+    training = isinstance(model, torch.nn.Module) and model.training
     if isinstance(model, torch.nn.Module):
         model.eval()
+    terms = elbo_terms(model, x, torch.Generator().manual_seed(seed))
+    if isinstance(model, torch.nn.Module):
+        model.train(training)
+    return terms
+
+
+@torch.no_grad()
+def evaluate(
+    model: Encodes,
+    x: torch.Tensor,
+    split: str,
+    k: int = EVAL_K,
+    seed: int = EVAL_SEED,
+    meter: Meter | None = None,
+) -> Evaluation:
+    """Figures in nats per image on binarised x [N, 784]; the IWAE bound with k samples."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    terms = validation_terms(model, x, seed)
     gen = torch.Generator().manual_seed(seed)
-    chunk = chunk or max(1, 20_000 // k)  # keeps [k, chunk, 784] near 60 MB
-    recon, kl, iwae, mus = [], [], [], []
+    chunk = max(1, 20_000 // k)  # keeps [k, chunk, 784] near 60 MB
+    iwae, mus = [], []
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]
-        log_px_z, log_prior_ratio, kl_b = _importance_terms(model, xb, k, gen)  # type: ignore[arg-type]
-        log_w = log_px_z + log_prior_ratio  # [k, B]
-        recon.append(-log_px_z.mean(0))
-        kl.append(kl_b)
-        iwae.append(-(torch.logsumexp(log_w, 0) - np.log(k)))
+        log_px_z, log_prior_ratio, _ = importance_terms(model, xb, k, gen)
+        iwae.append(-(torch.logsumexp(log_px_z + log_prior_ratio, 0) - np.log(k)))  # [B]
         mus.append(model.encode(xb)[0])
+        if meter is not None:
+            meter.update(len(xb))
     mu = torch.cat(mus)
-    r, kk = torch.cat(recon).mean().item(), torch.cat(kl).mean().item()
     return Evaluation(
         split=split,
         images=len(x),
-        neg_elbo=r + kk,
-        reconstruction=r,
-        kl=kk,
+        neg_elbo=terms.loss.item(),
+        reconstruction=terms.reconstruction.item(),
+        kl=terms.kl.item(),
         iwae_nll=torch.cat(iwae).mean().item(),
         iwae_k=k,
         active_units=int((mu.var(0) > ACTIVE_UNIT_THRESHOLD).sum().item()),
@@ -107,12 +121,13 @@ def evaluate(
 
 
 def onnx_parameters(version_dir: Path, manifest: dict[str, Any]) -> int:
-    """Weights in both graphs: the sum of their initializers' sizes."""
+    """Weights of the model: the initializers of its encoder and decoder graphs (the fused
+    reconstruct graph holds copies of the same weights)."""
     import onnx
 
     total = 0
-    for graph in manifest["graphs"].values():
-        model = onnx.load(str(version_dir / graph["file"]))
+    for name in MODEL_GRAPHS:
+        model = onnx.load(str(version_dir / manifest["graphs"][name]["file"]))
         total += sum(int(np.prod(init.dims)) for init in model.graph.initializer)
     return total
 
@@ -144,7 +159,7 @@ def describe_version(version_dir: Path, model: OnnxVAE) -> dict[str, Any]:
         "version": manifest["version"],
         "preset": manifest["training"]["preset"],
         "parameters": onnx_parameters(version_dir, manifest),
-        "onnx_bytes": sum(int(g["bytes"]) for g in manifest["graphs"].values()),
+        "onnx_bytes": sum(int(manifest["graphs"][name]["bytes"]) for name in MODEL_GRAPHS),
         "train_seconds": run.get("train_seconds"),
         "train_iterations": run.get("iterations"),
         "serving_cost_us_per_image": round(serving_cost_us(model), 1),

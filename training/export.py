@@ -20,6 +20,7 @@ OPSET = 18
 TOLERANCE = 1e-4  # max absolute difference allowed between onnxruntime and torch outputs
 VERIFY_BATCH = 37  # deliberately not the export example's batch size
 EXAMPLE_BATCH = 2
+EXPORTER_LOGGER = "torch.onnx._internal.exporter._registration"  # chatter, silenced in export
 
 log = logging.getLogger(__name__)
 
@@ -88,24 +89,26 @@ def _export_one(module: nn.Module, example: torch.Tensor, spec: GraphSpec, path:
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     # The exporter's internals emit deprecation chatter and notes about torchvision ops
     # that are not about our graphs; silence them for the duration of the export.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registration = logging.getLogger(EXPORTER_LOGGER)
     level = registration.level
     registration.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=[input_name],
-            output_names=list(spec.outputs),
-            dynamic_shapes=({0: batch},),
-            opset_version=OPSET,
-            external_data=False,
-            dynamo=True,
-            verbose=False,
-        )
-    registration.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[input_name],
+                output_names=list(spec.outputs),
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                external_data=False,
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 def export_onnx(model: VAE, out_dir: Path) -> dict[str, GraphSpec]:

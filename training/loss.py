@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from training.model import VAE
+
+
+class Encodes(Protocol):
+    """A VAE as the math needs it: a torch `VAE`, or a published version run by onnxruntime."""
+
+    latent_dim: int
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -36,17 +46,21 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def elbo_terms(
-    model: VAE, x: torch.Tensor, generator: torch.Generator | None = None, kl_weight: float = 1.0
+    model: Encodes,
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    kl_weight: float = 1.0,
 ) -> ElboTerms:
     """One-sample -ELBO (the seed notebook's loss), averaged over the batch."""
-    logits, mu, logvar = model(x, generator)
+    mu, logvar = model.encode(x)
+    logits = model.decode(VAE.reparameterize(mu, logvar, generator))
     recon = reconstruction_nll(logits, x).mean()
     kl = kl_divergence(mu, logvar).mean()
     return ElboTerms(loss=recon + kl_weight * kl, reconstruction=recon, kl=kl)
 
 
-def _importance_terms(
-    model: VAE, x: torch.Tensor, k: int, generator: torch.Generator | None
+def importance_terms(
+    model: Encodes, x: torch.Tensor, k: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For k samples z_i ~ q(z|x), the terms of the importance weights.
 
@@ -62,10 +76,10 @@ def _importance_terms(
 
 
 def log_weights(
-    model: VAE, x: torch.Tensor, k: int, generator: torch.Generator | None = None
+    model: Encodes, x: torch.Tensor, k: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): [B, 784] -> [k, B]."""
-    log_px_z, log_prior_ratio, _ = _importance_terms(model, x, k, generator)
+    log_px_z, log_prior_ratio, _ = importance_terms(model, x, k, generator)
     return log_px_z + log_prior_ratio
 
 
@@ -75,8 +89,10 @@ def iwae_nll(log_w: torch.Tensor) -> torch.Tensor:
     return -(torch.logsumexp(log_w, dim=0) - math.log(k))
 
 
-def iwae_loss(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator | None) -> ElboTerms:
+def iwae_loss(
+    model: Encodes, x: torch.Tensor, k: int, generator: torch.Generator | None
+) -> ElboTerms:
     """The k-sample importance-weighted objective; recon and KL reported as one-sample terms."""
-    log_px_z, log_prior_ratio, kl = _importance_terms(model, x, k, generator)
+    log_px_z, log_prior_ratio, kl = importance_terms(model, x, k, generator)
     loss = iwae_nll(log_px_z + log_prior_ratio).mean()
     return ElboTerms(loss=loss, reconstruction=-log_px_z.mean().detach(), kl=kl.mean().detach())

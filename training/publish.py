@@ -15,6 +15,8 @@ import platform
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,18 +35,26 @@ from training.export import (
     graph_specs,
     verify_export,
 )
+from training.gate import EMBEDDED_MODEL, GATE_TOLERANCE, PublishRefusedError, Rescore, judge
 from training.model import VAE
-
-MODEL_NAME = "vae"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "vae-mnist-manifest/1"
-DEFAULT_GATE_TOLERANCE = 1.0  # nats of validation -ELBO a new model may lose before refusal
+from training.repository import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MODEL_NAME,
+    RepositoryError,
+    check_repository,
+    complete_versions,
+    next_version,
+)
 
 log = logging.getLogger(__name__)
 
-
-class PublishRefusedError(RuntimeError):
-    """The quality gate refused the new model (pass force=True to override)."""
+SOFTWARE = {
+    "torch": torch.__version__,
+    "onnx": onnx.__version__,
+    "onnxruntime": onnxruntime.__version__,
+    "python": platform.python_version(),
+}
 
 
 @dataclass(frozen=True)
@@ -82,22 +92,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     _fsync_path(path.parent)
 
 
-def complete_versions(repo_root: Path) -> dict[int, Path]:
-    """Version number -> directory, for versions whose manifest exists."""
-    model_dir = repo_root / MODEL_NAME
-    if not model_dir.is_dir():
-        return {}
-    return {
-        int(p.name): p for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()
-    }
-
-
-def _next_version(model_dir: Path) -> int:
-    # Count incomplete directories too: a number is never reused.
-    taken = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
-    return max(taken, default=0) + 1
-
-
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -113,31 +107,19 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def quality_gate(
-    repo_root: Path, evaluation: dict[str, Any] | None, tolerance: float, force: bool
-) -> str:
-    """Compare against the newest published version; raise PublishRefusedError if worse."""
-    versions = complete_versions(repo_root)
-    if not versions:
-        return "first version in this repository: nothing to compare against"
-    latest = max(versions)
-    try:
-        served = json.loads((versions[latest] / MANIFEST).read_text())["evaluation"]
-        old = float(served["neg_elbo"])
-        same_split = served.get("split") == (evaluation or {}).get("split")
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"version {latest} has no readable validation -ELBO: not compared"
-    if evaluation is None:
-        return "no evaluation given for the new model: not compared"
-    new = float(evaluation["neg_elbo"])
-    verdict = f"new -ELBO {new:.2f} vs version {latest}'s {old:.2f} (tolerance {tolerance:g})"
-    if not same_split:
-        return f"{verdict}, on different splits: not compared"
-    if new <= old + tolerance:
-        return f"passed: {verdict}"
-    if force:
-        return f"worse but forced: {verdict}"
-    raise PublishRefusedError(f"refused: {verdict}; pass --force to publish anyway")
+def _graphs(staging: Path, latent_dim: int) -> dict[str, dict[str, Any]]:
+    """Each exported graph's manifest entry: file, checksum, size and tensor shapes."""
+    graphs = {}
+    for name, spec in graph_specs(latent_dim).items():
+        path = staging / spec.file
+        graphs[name] = {
+            "file": spec.file,
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            "inputs": spec.inputs,
+            "outputs": spec.outputs,
+        }
+    return graphs
 
 
 def build_manifest(
@@ -150,16 +132,6 @@ def build_manifest(
     export_diff: float,
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    graphs = {}
-    for name, spec in graph_specs(model.latent_dim).items():
-        path = staging / spec.file
-        graphs[name] = {
-            "file": spec.file,
-            "sha256": sha256_file(path),
-            "bytes": path.stat().st_size,
-            "inputs": spec.inputs,
-            "outputs": spec.outputs,
-        }
     return {
         "format": MANIFEST_FORMAT,
         "name": MODEL_NAME,
@@ -168,18 +140,13 @@ def build_manifest(
         "latent_dim": model.latent_dim,
         "image_shape": list(IMAGE_SHAPE),
         "opset": OPSET,
-        "graphs": graphs,
+        "graphs": _graphs(staging, model.latent_dim),
         "preprocessing": {"binarize_threshold": cfg.threshold},
         "training": cfg.to_dict(),
         "run": run_info,
         "data": data_info,
         "evaluation": evaluation,
-        "software": {
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
+        "software": SOFTWARE,
         "git_commit": git_commit(),
         "export_check": {
             "max_abs_diff": export_diff,
@@ -187,6 +154,36 @@ def build_manifest(
             "batch": VERIFY_BATCH,
         },
     }
+
+
+@contextmanager
+def _staging(model_dir: Path) -> Iterator[Path]:
+    """A dot-directory (ignored by the service) to build a version in; removed on failure."""
+    staging = model_dir / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _target(model_dir: Path, version: int | None) -> Path:
+    """vae/<version>, or vae/<next free number>; never an existing directory."""
+    if version is None:
+        return model_dir / str(next_version(model_dir))
+    if (model_dir / str(version)).exists():
+        raise RepositoryError(f"version {version} already exists in {model_dir}")
+    return model_dir / str(version)
+
+
+def _export_verified(model: VAE, staging: Path) -> float:
+    """Export into staging, check onnxruntime against torch, make the files durable."""
+    export_onnx(model, staging)
+    diff = verify_export(model, staging)
+    for spec in graph_specs(model.latent_dim).values():
+        _fsync_path(staging / spec.file)
+    return diff
 
 
 def publish_version(
@@ -197,42 +194,36 @@ def publish_version(
     evaluation: dict[str, Any] | None = None,
     data_info: dict[str, Any] | None = None,
     force: bool = False,
-    tolerance: float = DEFAULT_GATE_TOLERANCE,
+    tolerance: float = GATE_TOLERANCE,
+    rescore: Rescore | None = None,
+    embedded: Path = EMBEDDED_MODEL,
     run_info: dict[str, Any] | None = None,
     version: int | None = None,
 ) -> PublishResult:
-    """Export, verify and publish `model` as `repo_root/vae/<next version>/`.
-
-    The quality gate compares `evaluation["neg_elbo"]` with the newest complete version's;
-    a model worse by more than `tolerance` nats is refused unless `force`. `run_info`
-    (wall time, iterations) is recorded in the manifest as it is. `version` overrides the
-    next free number (the embedded default model is version 0); it must not exist yet.
-    """
-    if version is not None and version < 0:
-        raise ValueError(f"a version is a non-negative integer, got {version}")
+    """Publish `model` as `repo_root/vae/<next version or version>/` if the quality gate
+    (training.gate.judge, given the keywords of the same names) passes it."""
+    check_repository(repo_root, version)
+    gate = judge(
+        repo_root,
+        evaluation,
+        data_info,
+        tolerance=tolerance,
+        force=force,
+        rescore=rescore,
+        embedded=embedded,
+    )
     model_dir = repo_root / MODEL_NAME
-    model_dir.mkdir(parents=True, exist_ok=True)
-    gate = quality_gate(repo_root, evaluation, tolerance, force)
-    staging = model_dir / f".staging-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        export_onnx(model, staging)
-        diff = verify_export(model, staging)
-        for spec in graph_specs(model.latent_dim).values():
-            _fsync_path(staging / spec.file)
-        if version is None:
-            version = _next_version(model_dir)
-        elif (model_dir / str(version)).exists():
-            raise ValueError(f"version {version} already exists in {model_dir}")
+    with _staging(model_dir) as staging:
+        diff = _export_verified(model, staging)
+        target = _target(model_dir, version)
         manifest = build_manifest(
-            version, staging, model, cfg, evaluation, data_info, diff, run_info
+            int(target.name), staging, model, cfg, evaluation, data_info, diff, run_info
         )
         write_json_atomic(staging / MANIFEST, manifest)
-        target = model_dir / str(version)
-        staging.rename(target)  # atomic; fails if a concurrent publisher took `version`
+        staging.rename(target)  # atomic; fails if a concurrent publisher took the version
         _fsync_path(model_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("published version %d at %s (%s)", version, target, gate)
-    return PublishResult(version=version, path=target, gate=gate)
+    log.info("published version %s at %s (%s)", target.name, target, gate)
+    return PublishResult(version=int(target.name), path=target, gate=gate)
+
+
+__all__ = ["PublishRefusedError", "complete_versions", "publish_version"]

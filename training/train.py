@@ -1,4 +1,5 @@
-"""The training loop: progress bar, metrics log, periodic images, checkpoints and resume."""
+"""The training loop: progress, metrics log, periodic images, checkpoints, resume, and a
+clean stop on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -6,118 +7,34 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from tqdm import tqdm
 
 from training import images, plots
+from training.checkpoint import RunState, build_state, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.data import BatchStream
+from training.evaluate import validation_terms
+from training.interrupt import Interrupted, StopRequest, deferred_signals
 from training.loss import ElboTerms, elbo_terms, iwae_loss
 from training.model import VAE
+from training.progress import LINE_SECONDS, Meter, wants_bar
+from training.rundir import CHECKPOINT, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "last.pt"
-EVAL_SEED = 1234  # fixed noise for validation figures, so curves compare like with like
 N_ROWS = 10  # images in the originals/reconstructions strip
 N_SAMPLES = 64  # images in the sample grid
-
-
-@dataclass
-class RunState:
-    """Everything a checkpoint must carry for a resumed run to match an uninterrupted one."""
-
-    model: VAE
-    optimizer: torch.optim.Adam
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    stream: BatchStream
-    noise: torch.Generator
-    iteration: int = 0
-    best_neg_elbo: float = float("inf")
-    best_iteration: int = 0
-    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    evals_since_best: int = 0
 
 
 @dataclass(frozen=True)
 class TrainResult:
     model: VAE
     iterations: int
-    seconds: float
+    seconds: float  # training seconds, summed over every segment of a resumed run
     stopped_early: bool
-
-
-def build_state(cfg: TrainConfig, train_x: torch.Tensor) -> RunState:
-    """A fresh run: global seed for the weights, local generators for data and noise."""
-    torch.manual_seed(cfg.seed)
-    model = VAE(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    if cfg.lr_schedule == "cosine":
-        scheduler: torch.optim.lr_scheduler.LRScheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.iterations)
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    stream = BatchStream(train_x, cfg.batch_size, seed=cfg.seed + 1)
-    noise = torch.Generator().manual_seed(cfg.seed + 2)
-    return RunState(model, optimizer, scheduler, stream, noise)
-
-
-def save_checkpoint(path: Path, state: RunState, cfg: TrainConfig) -> None:
-    """Written to a temporary name and renamed, so `last.pt` is always whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": cfg.to_dict(),
-        "iteration": state.iteration,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(),
-        "stream": state.stream.state_dict(),
-        "noise": state.noise.get_state(),
-        "best": {
-            "neg_elbo": state.best_neg_elbo,
-            "iteration": state.best_iteration,
-            "weights": state.best_weights,
-            "evals_since_best": state.evals_since_best,
-        },
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig, train_x: torch.Tensor) -> RunState:
-    payload = torch.load(path, weights_only=False)
-    saved = TrainConfig.from_dict(payload["config"])
-    if saved != cfg:
-        raise ValueError(
-            f"checkpoint {path} was made with a different config; resume with the same flags "
-            f"(checkpoint: {saved.to_dict()})"
-        )
-    state = build_state(cfg, train_x)
-    state.model.load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.scheduler.load_state_dict(payload["scheduler"])
-    state.stream.load_state_dict(payload["stream"])
-    state.noise.set_state(payload["noise"])
-    state.iteration = int(payload["iteration"])
-    best = payload["best"]
-    state.best_neg_elbo, state.best_iteration = float(best["neg_elbo"]), int(best["iteration"])
-    state.best_weights, state.evals_since_best = best["weights"], int(best["evals_since_best"])
-    return state
-
-
-def load_model(path: Path) -> tuple[VAE, TrainConfig]:
-    """The model (best weights when early stopping kept some) and config of a checkpoint."""
-    payload = torch.load(path, weights_only=False)
-    cfg = TrainConfig.from_dict(payload["config"])
-    model = VAE(cfg)
-    model.load_state_dict(payload["best"]["weights"] or payload["model"])
-    return model.eval(), cfg
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:
@@ -128,15 +45,6 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
         line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration
     ]
     path.write_text("".join(f"{line}\n" for line in keep))
-
-
-@torch.no_grad()
-def validation_terms(model: VAE, val_x: torch.Tensor) -> ElboTerms:
-    """One-sample -ELBO on the whole validation set, with fixed noise."""
-    model.eval()
-    terms = elbo_terms(model, val_x, torch.Generator().manual_seed(EVAL_SEED))
-    model.train()
-    return terms
 
 
 @torch.no_grad()
@@ -173,6 +81,7 @@ class _Running:
 
     def __init__(self) -> None:
         self.n, self.loss, self.recon, self.kl = 0, 0.0, 0.0, 0.0
+        self.since = time.perf_counter()
 
     def add(self, terms: ElboTerms) -> None:
         self.n += 1
@@ -185,30 +94,103 @@ class _Running:
         return {"loss": self.loss / n, "reconstruction": self.recon / n, "kl": self.kl / n}
 
 
-def _log(stream: TextIO, row: dict[str, Any]) -> None:
-    stream.write(json.dumps(row) + "\n")
-    stream.flush()
+class _Loop:
+    """One segment of a run: from state.iteration to cfg.iterations, or an early stop."""
 
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        state: RunState,
+        val_x: torch.Tensor,
+        run_dir: Path,
+        metrics: TextIO,
+        meter: Meter,
+    ) -> None:
+        self.cfg, self.state, self.val_x, self.run_dir = cfg, state, val_x, run_dir
+        self.metrics, self.meter = metrics, meter
+        self.running = _Running()
+        self.stopped_early = False
 
-def _evaluate(cfg: TrainConfig, state: RunState, val_x: torch.Tensor, metrics: TextIO) -> bool:
-    """Log validation -ELBO, track the best weights; True when early stopping says stop."""
-    terms = validation_terms(state.model, val_x)
-    neg_elbo = terms.loss.item()
-    _log(metrics, {
-        "kind": "validation", "iteration": state.iteration, "neg_elbo": neg_elbo,
-        "reconstruction": terms.reconstruction.item(), "kl": terms.kl.item(),
-    })  # fmt: skip
-    if neg_elbo < state.best_neg_elbo:
-        state.best_neg_elbo, state.best_iteration, state.evals_since_best = (
-            neg_elbo,
-            state.iteration,
-            0,
+    def run(self, stop: StopRequest) -> bool:
+        """Train until done; True when early stopping ended the run."""
+        self.state.model.train()
+        while self.state.iteration < self.cfg.iterations and not self.stopped_early:
+            self.running.add(_step(self.cfg, self.state, self.state.stream.next()))
+            self.state.iteration += 1
+            self._periodic()
+            if stop.signum:
+                self.checkpoint()
+                raise Interrupted(stop.signum, self.state.iteration, self.run_dir / CHECKPOINT)
+        return self.stopped_early
+
+    def _periodic(self) -> None:
+        cfg, it = self.cfg, self.state.iteration
+        last = it == cfg.iterations
+        if it % cfg.log_every == 0 or last:
+            self._log_training()
+        if it % cfg.eval_every == 0 or last:
+            self.stopped_early = self._validate()
+        if it % cfg.image_every == 0 or last:
+            write_images(self.state.model, self.val_x, self.run_dir / "images", it)
+        if it % cfg.checkpoint_every == 0 or last or self.stopped_early:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state, self.cfg)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def _log_training(self) -> None:
+        means, n = self.running.means(), self.running.n
+        rate = n / max(time.perf_counter() - self.running.since, 1e-9)
+        lr = self.state.scheduler.get_last_lr()[0]
+        self._write(
+            {
+                "kind": "train",
+                "iteration": self.state.iteration,
+                **means,
+                "lr": lr,
+                "it_per_s": rate,
+            }
         )
-        if cfg.early_stop_patience:
-            state.best_weights = copy.deepcopy(state.model.state_dict())
-        return False
-    state.evals_since_best += 1
-    return bool(cfg.early_stop_patience) and state.evals_since_best >= cfg.early_stop_patience
+        shown = {"loss": "loss", "reconstruction": "recon", "kl": "kl"}
+        self.meter.update(n, **{shown[k]: f"{v:.2f}" for k, v in means.items()})
+        self.running = _Running()
+
+    def _validate(self) -> bool:
+        """Log validation -ELBO, track the best weights; True when early stopping says stop."""
+        state, cfg = self.state, self.cfg
+        terms = validation_terms(state.model, self.val_x)
+        neg_elbo = terms.loss.item()
+        self._write(
+            {
+                "kind": "validation",
+                "iteration": state.iteration,
+                "neg_elbo": neg_elbo,
+                "reconstruction": terms.reconstruction.item(),
+                "kl": terms.kl.item(),
+            }
+        )
+        self.meter.update(0, **{"val -ELBO": f"{neg_elbo:.2f}"})
+        if neg_elbo < state.best_neg_elbo:
+            state.best_neg_elbo, state.best_iteration = neg_elbo, state.iteration
+            state.evals_since_best = 0
+            if cfg.early_stop_patience:
+                state.best_weights = copy.deepcopy(state.model.state_dict())
+            return False
+        state.evals_since_best += 1
+        return bool(cfg.early_stop_patience) and state.evals_since_best >= cfg.early_stop_patience
+
+
+def _start(cfg: TrainConfig, train_x: torch.Tensor, run_dir: Path, resume: bool) -> RunState:
+    if not resume:
+        return build_state(cfg, train_x)
+    state = load_checkpoint(run_dir / CHECKPOINT, cfg, train_x)
+    _truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+    log.info("resumed from %s at iteration %d", run_dir / CHECKPOINT, state.iteration)
+    return state
 
 
 def train(
@@ -218,55 +200,33 @@ def train(
     run_dir: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
+    line_seconds: float = LINE_SECONDS,
 ) -> TrainResult:
-    """Train `cfg.iterations` steps on binarised train_x [N, 784], writing into run_dir."""
+    """Train `cfg.iterations` steps on binarised train_x [N, 784], writing into run_dir.
+
+    A run_dir holding a previous run is refused unless `resume` (continue from its
+    checkpoint) or `overwrite`. On SIGINT/SIGTERM the current step finishes, a checkpoint
+    is written and `Interrupted` is raised. Progress is a bar on a terminal when
+    `progress`, otherwise a log line every `line_seconds`.
+    """
     torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt, metrics_path = run_dir / "checkpoints" / CHECKPOINT, run_dir / "metrics.jsonl"
-    if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, cfg, train_x)
-        _truncate_metrics(metrics_path, state.iteration)
-        log.info("resumed from %s at iteration %d", ckpt, state.iteration)
-    else:
-        state = build_state(cfg, train_x)
-        metrics_path.unlink(missing_ok=True)
+    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    state = _start(cfg, train_x, run_dir, resume)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    stopped_early = False
-    running, start, t_log = _Running(), time.perf_counter(), time.perf_counter()
-    bar = tqdm(
-        total=cfg.iterations, initial=state.iteration, disable=not progress,
-        mininterval=0.5, unit="it", dynamic_ncols=True,
-    )  # fmt: skip
-    with metrics_path.open("a") as metrics, bar:
-        state.model.train()
-        while state.iteration < cfg.iterations and not stopped_early:
-            running.add(_step(cfg, state, state.stream.next()))
-            state.iteration += 1
-            it = state.iteration
-            if it % cfg.log_every == 0 or it == cfg.iterations:
-                now = time.perf_counter()
-                means = running.means()
-                _log(metrics, {
-                    "kind": "train", "iteration": it, **means,
-                    "lr": state.scheduler.get_last_lr()[0],
-                    "it_per_s": running.n / max(now - t_log, 1e-9),
-                })  # fmt: skip
-                bar.set_postfix(
-                    loss=f"{means['loss']:.2f}",
-                    recon=f"{means['reconstruction']:.2f}",
-                    kl=f"{means['kl']:.2f}",
-                    refresh=False,
-                )
-                bar.update(running.n)
-                running, t_log = _Running(), now
-            if it % cfg.eval_every == 0 or it == cfg.iterations:
-                stopped_early = _evaluate(cfg, state, val_x, metrics)
-            if it % cfg.image_every == 0 or it == cfg.iterations:
-                write_images(state.model, val_x, run_dir / "images", it)
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations or stopped_early:
-                save_checkpoint(ckpt, state, cfg)
-    seconds = time.perf_counter() - start
+    meter = Meter(
+        "training",
+        cfg.iterations,
+        "it",
+        bar=wants_bar(progress),
+        every_s=line_seconds,
+        initial=state.iteration,
+    )
+    with deferred_signals() as stop, (run_dir / "metrics.jsonl").open("a") as metrics, meter:
+        state.started = time.perf_counter()
+        stopped_early = _Loop(cfg, state, val_x, run_dir, metrics, meter).run(stop)
+        seconds = state.seconds()
     if state.best_weights:
         state.model.load_state_dict(state.best_weights)
         log.info("keeping the best weights, from iteration %d", state.best_iteration)

@@ -2,8 +2,9 @@
 
 One test walks the whole path a user takes: lint and validate the files, build both images,
 `compose up` (the API serves the embedded default model on a first start), reconstruct and
-sample over HTTP, check the API's confinement, run the `train` profile twice on tiny synthetic
-data and watch the running API swap to each new version, then `compose down -v`.
+sample over HTTP, check the API's confinement, run the `train` profile on tiny synthetic data
+(refused by the quality gate against the embedded model, then forced, then again, passing)
+and watch the running API swap to each new version, then `compose down -v`.
 
 With CI=true it must run: a missing tool fails it. Elsewhere it skips and says what to install.
 Commands and their output go to test-artifacts/container/commands.log, the measured figures
@@ -122,7 +123,8 @@ def check_static_files(runner: h.Runner) -> None:
         "/models": "models",
         "/data": "mnist-data",
     }
-    assert "--preset=seed" in train["command"] and "--iterations=20000" in train["command"]
+    # The embedded default model's recipe (tests/training/test_gate.py checks its manifest).
+    assert "--preset=compact" in train["command"] and "--iterations=50000" in train["command"]
     tiny = h.compose_config(
         runner, "-f", str(h.COMPOSE_FILE), "--profile", "train", env={"VAE_TRAIN_PRESET": "tiny"}
     )
@@ -267,7 +269,8 @@ def check_api_requests(base: str) -> None:
 
 
 def train_and_swap(podman: h.Podman, compose: h.Compose, base: str) -> dict[str, Any]:
-    """Run the train profile twice; the running API serves versions 1 then 2, no restart."""
+    """Run the train profile: refused, then forced (version 1), then again (version 2, passing
+    the gate against version 1); the running API serves versions 1 then 2, no restart."""
     api = compose.container("api")
     api_started = podman("inspect", "--format", "{{.State.StartedAt}}", api).stdout
     # The training container's confinement: non-root, read-only root, writes /models and /tmp.
@@ -292,10 +295,20 @@ def train_and_swap(podman: h.Podman, compose: h.Compose, base: str) -> dict[str,
     assert "writable" in out, out
     assert out.count("Read-only file system") == 2, out
 
+    # The quality gate: thirty tiny iterations are far worse than the embedded default model,
+    # so the refresh is refused in one line and the API keeps serving the embedded model.
+    refused = compose("run", "--rm", "-T", "train", profile="train", timeout=600, check=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "refused: new -ELBO" in output, output[-2000:]
+    assert "the embedded default model (version 0)" in output and "Traceback" not in output
+    assert h.http("GET", f"{base}/v1/models").json()["serving"]["source"] == "embedded"
+
     figures: dict[str, Any] = {}
     for version in (1, 2):
         t0 = time.monotonic()
-        run = compose("run", "--rm", "-T", "train", profile="train", timeout=600)
+        # Version 1 only with --force; version 2, the same run again, passes against it.
+        forced = forced_train_command(podman.runner) if version == 1 else []
+        run = compose("run", "--rm", "-T", "train", *forced, profile="train", timeout=600)
         figures[f"train_run_{version}_seconds"] = round(time.monotonic() - t0, 1)
         assert f'"version": {version}' in run.stdout, run.stdout[-2000:]
 
@@ -316,6 +329,16 @@ def train_and_swap(podman: h.Podman, compose: h.Compose, base: str) -> dict[str,
     again = podman("inspect", "--format", "{{.State.StartedAt}}", api).stdout
     assert again == api_started, "the API was restarted"
     return figures
+
+
+def forced_train_command(runner: h.Runner) -> list[str]:
+    """The train service's command as the override resolves it, with --force added."""
+    resolved = h.compose_config(
+        runner,
+        *("-f", str(h.COMPOSE_FILE), "-f", str(h.OVERRIDE_FILE), "--profile", "train"),
+        env={"VAE_TEST_PORT": "8000", "VAE_TEST_DATA_DIR": "/tmp", **TRAIN_ENV},
+    )
+    return [*resolved["services"]["train"]["command"], "--force"]
 
 
 def compose_down(podman: h.Podman, compose: h.Compose) -> None:

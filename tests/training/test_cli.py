@@ -7,19 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.training.cli_args import TINY, train_args
 from training.cli import main
-
-TINY = [
-    "--preset",
-    "tiny",
-    "--iterations",
-    "30",
-    "--eval-k",
-    "5",
-    "--no-progress",
-    "--allow-unverified-data",
-    "--no-download",
-]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
@@ -33,19 +22,11 @@ def test_train_publishes_and_evaluate_reads_it_back(
 ) -> None:
     data, _ = mnist_dir
     repo = tmp_path / "models"
-    code, summary = run(
-        capsys,
-        "train",
-        *TINY,
-        "--data-dir",
-        str(data),
-        "--model-repository",
-        str(repo),
-        "--run-dir",
-        str(tmp_path / "run"),
-    )
+    # Thirty iterations cannot match the embedded default model: only --force publishes.
+    code, summary = run(capsys, *train_args(data, tmp_path, "--force"))
     assert code == 0
     assert summary["published"] == {"version": 1, "path": str(repo / "vae" / "1")}
+    assert "worse but forced" in str(summary["gate"]) and "embedded" in str(summary["gate"])
     manifest = json.loads((repo / "vae" / "1" / "manifest.json").read_text())
     assert manifest["run"]["iterations"] == 30 and manifest["run"]["train_seconds"] > 0
     assert manifest["evaluation"]["iwae_k"] == 5 and manifest["data"]["train_images"] == 200
@@ -95,7 +76,7 @@ def test_gate_refusal_is_an_error_and_force_publishes(
     data, _ = mnist_dir
     repo = tmp_path / "models"
     common = [*TINY, "--data-dir", str(data), "--model-repository", str(repo)]
-    assert run(capsys, "train", *common, "--run-dir", str(tmp_path / "a"))[0] == 0
+    assert run(capsys, "train", *common, "--run-dir", str(tmp_path / "a"), "--force")[0] == 0
     # Three iterations cannot match thirty: the gate (tolerance 0) refuses.
     worse = [
         *common,
@@ -108,8 +89,9 @@ def test_gate_refusal_is_an_error_and_force_publishes(
     ]
     assert main(["train", *worse]) == 2
     assert "refused: new -ELBO" in caplog.text and "--force" in caplog.text
+    assert "vs version 1's" in caplog.text
     assert sorted(p.name for p in (repo / "vae").iterdir()) == ["1"]
-    code, summary = run(capsys, "train", *worse, "--force")
+    code, summary = run(capsys, "train", *worse, "--force", "--overwrite")
     assert code == 0 and summary["published"] == {"version": 2, "path": str(repo / "vae" / "2")}
     assert str(summary["gate"]).startswith("worse but forced")
 
@@ -139,10 +121,13 @@ def test_dry_run_exports_but_does_not_publish(
     assert not (tmp_path / "m").exists()
 
 
-def test_missing_data_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    code = main(["train", *TINY, "--data-dir", str(tmp_path / "nothing"), "--no-publish"])
-    assert code == 2
-    assert "train-images-idx3-ubyte.gz is not in" in caplog.text
+def test_missing_data_is_a_clear_error_naming_every_missing_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "partial"
+    data.mkdir()
+    assert main(train_args(data, tmp_path, "--no-publish")) == 2
+    assert "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz are not in" in caplog.text
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

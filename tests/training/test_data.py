@@ -106,7 +106,8 @@ def test_missing_test_split_is_reported(mnist_dir: tuple[Path, dict[str, str]]) 
     directory, checksums = mnist_dir
     src = source(directory, checksums, download=False)
     assert missing_files(src, "test") == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is not in"):
+    both = r"t10k-images-idx3-ubyte\.gz and t10k-labels-idx1-ubyte\.gz are not in"
+    with pytest.raises(DataError, match=both):
         load_split(src, "test")
 
 

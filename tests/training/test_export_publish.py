@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,17 +14,19 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.export import TOLERANCE, export_onnx, verify_export
-from training.model import VAE
-from training.publish import (
-    MANIFEST,
-    PublishRefusedError,
-    complete_versions,
-    publish_version,
-    sha256_file,
-)
+from training.evaluate import OnnxVAE, describe_version
+from training.export import EXPORTER_LOGGER, TOLERANCE, export_onnx, verify_export
+from training.model import VAE, parameter_count
+from training.publish import PublishRefusedError, complete_versions, publish_version, sha256_file
+from training.repository import MANIFEST
 
 CFG = TrainConfig.from_preset("tiny")
+# Figures as a run records them: the same split of the same files, so the gate compares them.
+DATA = {"files": {"train-images-idx3-ubyte.gz": "a" * 64, "train-labels-idx1-ubyte.gz": "b" * 64}}
+
+
+def figures(neg_elbo: float) -> dict[str, object]:
+    return {"split": "validation", "images": 5_000, "neg_elbo": neg_elbo}
 
 
 def model(seed: int = 0) -> VAE:
@@ -103,7 +106,7 @@ def test_verify_catches_a_fused_graph_of_other_weights(
 
 def test_publish_writes_a_complete_self_describing_version(tmp_path: Path) -> None:
     result = publish_version(
-        tmp_path, model(), CFG, evaluation={"split": "validation", "neg_elbo": 100.0}
+        tmp_path, model(), CFG, evaluation=figures(100.0), data_info=DATA, force=True
     )
     assert result.version == 1 and result.path == tmp_path / "vae" / "1"
     manifest = json.loads((result.path / MANIFEST).read_text())
@@ -133,7 +136,7 @@ def test_a_version_without_manifest_is_not_complete_and_its_number_is_not_reused
     (tmp_path / "vae" / "1").mkdir(parents=True)  # an abandoned publish
     (tmp_path / "vae" / ".staging-x").mkdir()
     assert complete_versions(tmp_path) == {}
-    result = publish_version(tmp_path, model(), CFG)
+    result = publish_version(tmp_path, model(), CFG, force=True)
     assert result.version == 2 and list(complete_versions(tmp_path)) == [2]
 
 
@@ -143,22 +146,43 @@ def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr("training.publish.verify_export", broken)
     with pytest.raises(ValueError, match="differs"):
-        publish_version(tmp_path, model(), CFG)
+        publish_version(tmp_path, model(), CFG, force=True)
     assert list((tmp_path / "vae").iterdir()) == []
 
 
 def test_gate_refuses_a_worse_model_and_force_overrides(tmp_path: Path) -> None:
-    good = {"split": "validation", "neg_elbo": 100.0}
-    publish_version(tmp_path, model(), CFG, evaluation=good)
-    worse = {"split": "validation", "neg_elbo": 105.0}
+    publish_version(tmp_path, model(), CFG, evaluation=figures(100.0), data_info=DATA, force=True)
     with pytest.raises(
         PublishRefusedError, match=r"refused: new -ELBO 105.00 vs version 1's 100.00"
     ):
-        publish_version(tmp_path, model(), CFG, evaluation=worse, tolerance=1.0)
+        publish_version(tmp_path, model(), CFG, evaluation=figures(105.0), data_info=DATA)
     assert list(complete_versions(tmp_path)) == [1]
-    forced = publish_version(tmp_path, model(), CFG, evaluation=worse, force=True)
-    assert forced.version == 2 and forced.gate.startswith("worse but forced")
-    better = publish_version(
-        tmp_path, model(), CFG, evaluation={"split": "validation", "neg_elbo": 105.5}
+    forced = publish_version(
+        tmp_path, model(), CFG, evaluation=figures(105.0), data_info=DATA, force=True
     )
+    assert forced.version == 2 and forced.gate.startswith("worse but forced")
+    better = publish_version(tmp_path, model(), CFG, evaluation=figures(105.5), data_info=DATA)
     assert better.gate.startswith("passed")
+    assert "recorded on the same validation split" in better.gate
+
+
+def test_a_failed_export_restores_the_exporters_log_level(tmp_path: Path) -> None:
+    registration = logging.getLogger(EXPORTER_LOGGER)
+    registration.setLevel(logging.INFO)
+    with pytest.raises(Exception, match="no-such-dir"):  # torch's own error for a bad path
+        export_onnx(model(), tmp_path / "no-such-dir")
+    assert registration.level == logging.INFO
+
+
+def test_evaluate_counts_the_model_not_its_files(tmp_path: Path) -> None:
+    m = model()
+    with torch.no_grad():  # non-zero biases: the exporter folds away biases that are all zero
+        for p in m.parameters():
+            p.add_(0.01)
+    version = publish_version(tmp_path, m, CFG, force=True).path
+    manifest = json.loads((version / MANIFEST).read_text())
+    assert "reconstruct" in manifest["graphs"]  # a copy of the encoder and decoder
+    described = describe_version(version, OnnxVAE(version))
+    assert described["parameters"] == parameter_count(m)
+    graphs = manifest["graphs"]
+    assert described["onnx_bytes"] == graphs["encoder"]["bytes"] + graphs["decoder"]["bytes"]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.mnist_files import synthetic_digits
+from training.checkpoint import CheckpointError, load_model
 from training.config import TrainConfig
 from training.data import binarize
+from training.evaluate import validation_terms
 from training.loss import elbo_terms, iwae_nll, log_weights
 from training.model import VAE
-from training.train import load_model, train, validation_terms
+from training.train import train
 
 CFG = TrainConfig.from_preset(
     "tiny", iterations=60, eval_every=20, image_every=30, checkpoint_every=30
@@ -28,6 +32,22 @@ def tensors(n: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
 
 def params(model: VAE) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _interrupted_after(run_dir: Path, done: int, cfg: TrainConfig = CFG) -> float:
+    """Train `done` of cfg's iterations as a run stopped there; return its wall seconds.
+
+    Nothing before step `done` depends on cfg.iterations with a constant learning rate, so
+    the checkpoint is then marked as the stopped run's.
+    """
+    train_x, val_x = tensors()
+    started = time.perf_counter()
+    train(dataclasses.replace(cfg, iterations=done), train_x, val_x, run_dir, progress=False)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    payload = torch.load(ckpt, weights_only=False)
+    payload["config"]["iterations"] = cfg.iterations  # the stopped run's config was cfg
+    torch.save(payload, ckpt)
+    return time.perf_counter() - started
 
 
 def test_seed_preset_is_the_notebook_recipe() -> None:
@@ -73,9 +93,11 @@ def test_run_writes_images_and_checkpoint(tmp_path: Path) -> None:
     train(CFG, train_x, val_x, tmp_path, progress=False)
     names = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert names == [
-        "reconstructions_000030.png", "reconstructions_000060.png",
-        "samples_000030.png", "samples_000060.png",
-    ]  # fmt: skip
+        "reconstructions_000030.png",
+        "reconstructions_000060.png",
+        "samples_000030.png",
+        "samples_000060.png",
+    ]
     model, cfg = load_model(tmp_path / "checkpoints" / "last.pt")
     assert cfg == CFG and model.latent_dim == CFG.latent_dim
 
@@ -94,15 +116,8 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     train_x, val_x = tensors()
     whole = train(CFG, train_x, val_x, tmp_path / "whole", progress=False).model
-    # A run killed right after its checkpoint at iteration 30: train 30 steps, then mark the
-    # checkpoint as belonging to the 60-step config (nothing before step 30 depends on it
-    # with a constant learning rate), and resume.
     run_dir = tmp_path / "resumed"
-    train(dataclasses.replace(CFG, iterations=30), train_x, val_x, run_dir, progress=False)
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    payload = torch.load(ckpt, weights_only=False)
-    payload["config"]["iterations"] = CFG.iterations  # the interrupted run's config was CFG
-    torch.save(payload, ckpt)
+    _interrupted_after(run_dir, 30)  # a run killed right after its checkpoint at iteration 30
     resumed = train(CFG, train_x, val_x, run_dir, resume=True, progress=False).model
     assert torch.equal(params(whole), params(resumed))
     iterations = [
@@ -144,3 +159,27 @@ def test_iwae_objective_trains(tmp_path: Path) -> None:
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
     assert train_rows[-1]["lr"] < cfg.learning_rate  # cosine decayed
     assert result.iterations == cfg.iterations
+
+
+def test_train_seconds_add_up_across_a_resume(tmp_path: Path) -> None:
+    train_x, val_x = tensors()
+    first_wall = _interrupted_after(tmp_path, 50)
+    first = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["seconds"]
+    started = time.perf_counter()
+    result = train(CFG, train_x, val_x, tmp_path, resume=True, progress=False)
+    second_wall = time.perf_counter() - started
+    # Both segments count: the 50 iterations before the stop and the 10 after it.
+    assert 0 < first <= first_wall
+    assert first < result.seconds <= first_wall + second_wall
+
+
+def test_resume_with_other_flags_names_what_differs(tmp_path: Path) -> None:
+    train_x, val_x = tensors()
+    _interrupted_after(tmp_path, 30)
+    other = dataclasses.replace(CFG, batch_size=10, learning_rate=0.01)
+    with pytest.raises(CheckpointError) as err:
+        train(other, train_x, val_x, tmp_path, resume=True, progress=False)
+    message = str(err.value)
+    assert "batch_size: 10 now, 20 in the checkpoint" in message
+    assert "learning_rate: 0.01 now, 0.001 in the checkpoint" in message
+    assert "decoder_hidden" not in message  # only what differs, not the whole config
