@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import uvloop
 from ab import HEADER, Case, close, equal, measure, sample_us, sample_us_async
 from harness import machine
 
+from service.images import grid, png
 from service.inference import jobs
 from service.model.loader import load_runtime
 from service.model.manifest import read_manifest
@@ -78,6 +80,17 @@ def model_cases(served: ModelRuntime) -> Iterator[Case]:
         lambda: [np.concatenate([p]) for p in outputs],
         1,
         equal,
+    )
+    _, probs = served.sample(64, 1.0, np.random.default_rng(0))
+    cells = np.rint(probs * 255.0).astype(np.uint8).reshape(-1, *served.manifest.image_shape)
+    raw = np.pad(grid._tile(cells, 8), ((0, 0), (1, 0))).tobytes()  # as png.encode writes it
+    yield Case(
+        "a sample n=64's grid at zlib level 1, not 6 (per sample request)",
+        "png.encode",
+        lambda: zlib.compress(raw, png.PNG_COMPRESS_LEVEL),
+        lambda: zlib.compress(raw, 6),
+        1,
+        lambda a, b: zlib.decompress(a) == zlib.decompress(b),
     )
     two = dataclasses.replace(served, fused=None)
     yield Case(
