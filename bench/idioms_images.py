@@ -128,7 +128,7 @@ def preprocess_cases(d: Digit) -> Iterator[Case]:
         return [np.any(mask, axis=2), np.any(mask, axis=1)]
 
     yield Case(
-        "(reverted) ink rows, columns: `.max() >`, not any()",
+        "ink rows, columns: `.max() >`, not any()",
         "preprocess._mnist_like",
         lambda: [ink.max(axis=2) > level, ink.max(axis=1) > level],
         by_any,

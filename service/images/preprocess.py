@@ -123,8 +123,9 @@ def _mnist_like(gray: Array, shape: tuple[int, int]) -> tuple[Array, list[bool]]
     slots are all 0): invert a light background, crop to the ink, fit the ink in 20x20
     keeping its aspect ratio, and centre it by its centre of mass."""
     ink, blank = _ink(gray)
-    mask = ink > INK_LEVEL
-    rows, cols = np.any(mask, axis=2), np.any(mask, axis=1)  # with ink: rows [B, H], columns [B, W]
+    # Rows and columns holding ink: a max along an axis saves 3-6 us over any() (bench/idioms.py).
+    rows = ink.max(axis=2) > INK_LEVEL  # [B, H]
+    cols = ink.max(axis=1) > INK_LEVEL  # [B, W]
     tops, lefts = rows.argmax(axis=1).tolist(), cols.argmax(axis=1).tolist()
     bottoms = (rows.shape[1] - rows[:, ::-1].argmax(axis=1)).tolist()
     rights = (cols.shape[1] - cols[:, ::-1].argmax(axis=1)).tolist()
