@@ -3,10 +3,11 @@
     python bench/gc_effect.py [--rounds 4] [--duration 3] [--connections 16]
 
 `vae-serve` freezes everything built before it serves (gc.freeze) and raises the collection
-thresholds (service.main.GC_THRESHOLDS). This starts two servers side by side, the shipped
-one and one whose gc.freeze and gc.set_threshold are no-ops (Python's defaults), drives each
-in turn with wrk (POST /v1/reconstruct of a 28x28 PNG), and prints medians over the rounds
-with the collections each server made (from gc.callbacks, reported at shutdown).
+thresholds (service.main.GC_THRESHOLDS). This starts four servers side by side: the shipped
+one, one with each setting alone (the other's call made a no-op), and one with both no-ops
+(Python's defaults); it drives each in turn with wrk (POST /v1/reconstruct of a 28x28 PNG),
+and prints medians over the rounds with the collections each server made (from gc.callbacks,
+reported at shutdown).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def timed(phase, info):
     else:
         spent[info["generation"]].append(time.perf_counter() - began[0])
 gc.callbacks.append(timed)
-served = service.app.lifespan
+served = service.http.app.lifespan
 @contextlib.asynccontextmanager
 async def lifespan(app):  # uvicorn re-raises SIGTERM after shutdown, so no atexit: report here
     async with served(app):
@@ -49,9 +50,10 @@ async def lifespan(app):  # uvicorn re-raises SIGTERM after shutdown, so no atex
     for g, times in spent.items():
         print(f"gc gen{g}: {len(times)} collections, max {max(times, default=0) * 1e3:.1f} ms, "
               f"total {sum(times) * 1e3:.0f} ms", flush=True)
-service.app.lifespan = lifespan
+service.http.app.lifespan = lifespan
 """
-DEFAULTS = "import gc; gc.freeze = lambda: None; gc.set_threshold = lambda *a: None\n"
+NO_FREEZE = "import gc; gc.freeze = lambda: None\n"
+NO_THRESHOLDS = "import gc; gc.set_threshold = lambda *a: None\n"
 MAIN = "from service.main import main; main()\n"
 
 
@@ -70,7 +72,9 @@ def main() -> None:
     print(f"machine: {machine()}")
     variants = {
         "as shipped (freeze + thresholds)": TIMED + MAIN,
-        "Python's defaults": TIMED + DEFAULTS + MAIN,
+        "thresholds only (no freeze)": TIMED + NO_FREEZE + MAIN,
+        "freeze only (default thresholds)": TIMED + NO_THRESHOLDS + MAIN,
+        "Python's defaults": TIMED + NO_FREEZE + NO_THRESHOLDS + MAIN,
     }
     request = Request("reconstruct", "/v1/reconstruct", digit_png())
     wrk = Wrk(None)

@@ -25,6 +25,7 @@ FULL: dict[str, list[str]] = {
     "threading_model": [],
     "gc_effect": [],
     "startup_memory": [],
+    "idioms": [],
 }
 QUICK: dict[str, list[str]] = {
     "train_speed": ["--iterations", "200", "--trials", "1"],
@@ -33,6 +34,7 @@ QUICK: dict[str, list[str]] = {
     "threading_model": ["--rounds", "1", "--duration", "1", "--variants", "inline", "batcher:32:0"],
     "gc_effect": ["--rounds", "1", "--duration", "1"],
     "startup_memory": ["--starts", "2", "--requests", "5000"],
+    "idioms": ["--repeats", "5"],
 }
 
 

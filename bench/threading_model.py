@@ -46,7 +46,7 @@ from harness import (
 )
 
 NO_INLINE = (
-    "import service.inference.executor as offload; offload.runs_inline = lambda cost: False; "
+    "import service.inference.executor as offload; offload.fits_event_loop = lambda work: False; "
     "from service.main import main; main()"
 )
 

@@ -37,6 +37,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._http(self.registry)
         self._inference(self.registry)
         self._model(self.registry)
@@ -73,7 +74,6 @@ class Metrics:
         )
 
     def _inference(self, r: CollectorRegistry) -> None:
-        self._inference_children: dict[str, Any] = {}
         self.inference_seconds = Histogram(
             "vae_inference_duration_seconds",
             "Model work per request: decode, infer, encode.",
@@ -108,18 +108,22 @@ class Metrics:
         )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = {"route": route, "method": method, "status": str(status)}
-        self.requests.labels(**labels).inc()
-        self.request_seconds.labels(**labels).observe(seconds)
+        labels = (route, method, str(status))
+        self._child(self.requests, labels).inc()
+        self._child(self.request_seconds, labels).observe(seconds)
 
     def observe_inference(self, operation: str, seconds: float) -> None:
-        # The labelled child, cached: labels() costs a few us and this runs per batched request.
-        child = self._inference_children.get(operation)
+        self._child(self.inference_seconds, (operation,)).observe(seconds)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() takes a lock and builds its key
+        on every call, ~2 us per request in observe_inference and ~5 in observe_request
+        (docs/benchmarks.md). For metrics whose children are never removed (clear() would
+        leave stale ones here)."""
+        child = self._children.get((metric, labels))
         if child is None:
-            child = self._inference_children[operation] = self.inference_seconds.labels(
-                operation=operation
-            )
-        child.observe(seconds)
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

@@ -16,8 +16,8 @@ there. Each was an attack that held memory, file descriptors or in-flight slots
 - such stalled responses hold at most `max_stalled_bytes` in all: past it, the
   longest-stalled connections are aborted.
 
-Timeouts are checked by one periodic sweep per process (a timer per request cost ~1.5 us on
-the hot path); the hot path pays a clock read per request head and an integer add per read.
+Each deadline is a timer on the event loop (as uvicorn's keep-alive timeout): one per request
+head, from its first byte until it is complete, and one per stalled response.
 """
 
 from __future__ import annotations
@@ -51,24 +51,15 @@ class ConnectionLimits:
 
 @dataclass(eq=False)
 class ConnectionGuard:
-    """Shared by all connections of a server: the open ones, the stalled ones, the sweep."""
+    """Shared by all connections of a server: the open ones and the stalled ones."""
 
     limits: ConnectionLimits
     metrics: Metrics
     open: set[GuardedHttpToolsProtocol] = field(default_factory=set)
     stalled: dict[GuardedHttpToolsProtocol, float] = field(default_factory=dict)  # since
-    _sweeping: bool = False
-
-    @property
-    def period_s(self) -> float:
-        """How often the sweep runs: a timeout fires at most this late."""
-        return min(1.0, self.limits.header_timeout_s / 4, self.limits.send_timeout_s / 4)
 
     def opened(self, connection: GuardedHttpToolsProtocol) -> bool:
         """Register a new connection; False when it is one too many."""
-        if not self._sweeping:
-            self._sweeping = True
-            connection.loop.call_later(self.period_s, self._sweep, connection.loop)
         self.open.add(connection)
         self.metrics.connections.set(len(self.open))
         if len(self.open) <= self.limits.max_connections:
@@ -95,28 +86,6 @@ class ConnectionGuard:
             held -= oldest.buffered()
             oldest.abort("stalled_bytes", "stalled responses over VAE_MAX_STALLED_BYTES")
 
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            self._expire(loop.time())
-        finally:  # an error is logged by the loop; the sweep goes on
-            loop.call_later(self.period_s, self._sweep, loop)
-
-    def _expire(self, now: float) -> None:
-        """Refuse heads past their deadline; abort responses stalled past theirs."""
-        header_deadline = now - self.limits.header_timeout_s
-        late = [c for c in self.open if c.head_since is not None and c.head_since < header_deadline]
-        for connection in late:
-            connection.refuse(408, "header-timeout", self._header_timeout_detail())
-            self.cut("header_timeout")
-        send_deadline = now - self.limits.send_timeout_s
-        for connection, since in list(self.stalled.items()):
-            if since < send_deadline:
-                detail = f"the client took no data for {self.limits.send_timeout_s:g} s"
-                connection.abort("send_timeout", detail)
-
-    def _header_timeout_detail(self) -> str:
-        return f"the request head did not arrive within {self.limits.header_timeout_s:g} s"
-
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of `ConnectionGuard` (see the module).
@@ -129,15 +98,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         assert isinstance(guard, ConnectionGuard), "the uvicorn Config must carry a guard"
         self.guard = guard
         self.url = b""
-        self.head_since: float | None = None  # when the request head now arriving began
-        self.head_read = 0  # bytes read since then (the head, and what follows it in a read)
+        self.head_timer: asyncio.TimerHandle | None = None  # while a request head arrives
+        self.head_read = 0  # bytes read since it began (the head, and what follows in a read)
         self.header_bytes = 0  # the head's headers, as parsed
+        self.send_timer: asyncio.TimerHandle | None = None  # while the client takes nothing
         self._next_waits_for_drain = False
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(cast(asyncio.Transport, WriteSizeTransport(transport)))
-        self.head_since = self.loop.time()
+        self._head_begins()
         if not self.guard.opened(self):
             limits = self.guard.limits
             detail = (
@@ -149,26 +119,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.closed(self)
-        self.head_since = None
+        self._head_ends()
+        self._taking()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self.head_since is not None:
+        if self.head_timer is not None:
             self.head_read += len(data)
         super().data_received(data)
         limits = self.guard.limits
         head_limit = limits.max_url_bytes + limits.max_header_bytes
-        if self.head_since is not None and self.head_read > head_limit:
+        if self.head_timer is not None and self.head_read > head_limit:
             # The head is still incomplete and already too large: refuse it without reading on.
             self.refuse(*self._head_problem(len(self.url), self.head_read))
             self.guard.cut("head_too_large")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.head_since is None:
-            self.head_since = self.loop.time()
+        if self.head_timer is None:
+            self._head_begins()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
@@ -176,7 +147,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         url_bytes, header_bytes = len(self.url), self.header_bytes
-        self.head_since, self.head_read, self.header_bytes = None, 0, 0
+        self._head_ends()
         limits = self.guard.limits
         if url_bytes <= limits.max_url_bytes and header_bytes <= limits.max_header_bytes:
             super().on_headers_complete()
@@ -188,6 +159,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def _head_begins(self) -> None:
+        self.head_timer = self.loop.call_later(self.guard.limits.header_timeout_s, self._head_late)
+
+    def _head_ends(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        self.head_timer, self.head_read, self.header_bytes = None, 0, 0
+
+    def _head_late(self) -> None:
+        self.head_timer = None
+        detail = f"the request head did not arrive within {self.guard.limits.header_timeout_s:g} s"
+        self.refuse(408, "header-timeout", detail)
+        self.guard.cut("header_timeout")
 
     def _head_problem(self, url_bytes: int, header_bytes: int) -> tuple[int, str, str]:
         limits = self.guard.limits
@@ -204,14 +189,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._taking()
+        self.send_timer = self.loop.call_later(self.guard.limits.send_timeout_s, self._send_late)
         self.guard.stall(self, self.loop.time())
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._taking()
         self.guard.stalled.pop(self, None)
         if self._next_waits_for_drain:
             self._next_waits_for_drain = False
             super().on_response_complete()
+
+    def _taking(self) -> None:
+        """The client takes the response again (or is gone): no send deadline."""
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+    def _send_late(self) -> None:
+        self.send_timer = None
+        self.abort(
+            "send_timeout", f"the client took no data for {self.guard.limits.send_timeout_s:g} s"
+        )
 
     def buffered(self) -> int:
         """Response bytes held for the client: the write that filled the buffer (the
@@ -225,6 +225,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def abort(self, reason: str, detail: str) -> None:
         """Drop the connection and whatever it still had to send."""
         log.info("%s: connection aborted: %s", _peer(self.client), detail)
+        self._head_ends()
+        self._taking()
         self.guard.cut(reason)
         self.guard.closed(self)
         self.transport.abort()
@@ -233,7 +235,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer a problem+json and close, before the request reaches the app (a response
         still being sent on the connection is cut instead)."""
         self._refused = True
-        self.head_since = None
+        self._head_ends()
         if self.cycle is not None and not self.cycle.response_complete:
             self.abort(slug.replace("-", "_"), detail)
             return

@@ -130,9 +130,7 @@ def decode(opened: OpenedImage) -> np.ndarray:
             return _flatten_alpha(gray, alpha)
         if image.mode != "L":  # converting an "L" image would only copy it
             image = image.convert("L")
-        image = _reduced(image)
-        # np.asarray(image) goes through the same bytes and a Python-level interface dict
-        return np.frombuffer(image.tobytes(), np.uint8).reshape(image.height, image.width)
+        return np.asarray(_reduced(image))
     except Exception as exc:  # truncated data, bad CRC, decoder errors of every kind
         raise _corrupt(opened.field, exc) from exc
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -42,9 +42,9 @@ _CRC = struct.Struct(">I")
 _FIRST_CHUNK = len(PNG_SIGNATURE) + 12 + _IHDR.size  # where the chunk after IHDR starts
 
 
-class PlainPng(NamedTuple):
-    """A plain PNG's header and chunk layout; nothing past the header is checked yet. (A
-    NamedTuple: a frozen dataclass costs ~1.5 us more to build, on the event loop.)"""
+@dataclass(frozen=True)
+class PlainPng:
+    """A plain PNG's header and chunk layout; nothing past the header is checked yet."""
 
     width: int
     height: int

@@ -123,7 +123,7 @@ def _mnist_like(gray: Array, shape: tuple[int, int]) -> tuple[Array, list[bool]]
     slots are all 0): invert a light background, crop to the ink, fit the ink in 20x20
     keeping its aspect ratio, and centre it by its centre of mass."""
     ink, blank = _ink(gray)
-    # Rows and columns holding ink: a max along an axis is several times cheaper than any().
+    # Rows and columns holding ink: a max along an axis saves 3-6 us over any() (bench/idioms.py).
     rows = ink.max(axis=2) > INK_LEVEL  # [B, H]
     cols = ink.max(axis=1) > INK_LEVEL  # [B, W]
     tops, lefts = rows.argmax(axis=1).tolist(), cols.argmax(axis=1).tolist()

@@ -170,7 +170,7 @@ def _fused(jobs: list[Job[R]], xs: list[Array]) -> list[Result]:
     """One fused run on all the rows: mu, logvar and the probs of decoding mu. The jobs
     that do not decode drop their probs (cheaper than a second run) and draw their z, if
     any, from mu and logvar."""
-    mu, logvar, probs = jobs[0].runtime.reconstruct_mean(_stack(xs))
+    mu, logvar, probs = jobs[0].runtime.reconstruct_mean(np.concatenate(xs))
     _check_rows("the reconstruct graph", mu, xs)
     return [
         Result(x, m, lv, m, p) if job.decode else Result(x, m, lv, _code(job.z, m, lv), None)
@@ -183,12 +183,12 @@ def _fused(jobs: list[Job[R]], xs: list[Array]) -> list[Result]:
 def _encoder_then_decoder(jobs: list[Job[R]], xs: list[Array]) -> list[Result]:
     """The encoder on all the rows, the decoder on all the z the jobs ask for."""
     runtime = jobs[0].runtime
-    mu, logvar = runtime.encode(_stack(xs))
+    mu, logvar = runtime.encode(np.concatenate(xs))
     _check_rows("the encoder", mu, xs)
     mus, logvars = _split(mu, xs), _split(logvar, xs)
     zs = [_code(job.z, m, lv) for job, m, lv in zip(jobs, mus, logvars, strict=True)]
     decoded = [z for job, z in zip(jobs, zs, strict=True) if job.decode and z is not None]
-    probs = iter(_split(runtime.decode(_stack(decoded)), decoded) if decoded else [])
+    probs = iter(_split(runtime.decode(np.concatenate(decoded)), decoded) if decoded else [])
     return [
         Result(x, m, lv, z, next(probs) if job.decode else None)
         for job, x, m, lv, z in zip(jobs, xs, mus, logvars, zs, strict=True)
@@ -207,15 +207,9 @@ def _check_rows(graph: str, rows: Array, xs: list[Array]) -> None:
         raise RuntimeError(f"{graph} gave {len(rows)} rows for {sum(len(x) for x in xs)}")
 
 
-def _stack(parts: list[Array]) -> Array:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
 def _split(rows: Array, like: list[Array]) -> list[Array]:
     """`rows` cut into consecutive pieces as long as each of `like` (plain slices: np.split
     costs more than a batch-1 model run)."""
-    if len(like) == 1:
-        return [rows]
     pieces, start = [], 0
     for part in like:
         pieces.append(rows[start : start + len(part)])
