@@ -238,6 +238,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     _progress_args(pb)
     _gate_args(pb)
 
+    fd = sub.add_parser(
+        "fit-density",
+        help="fit the latent density of a published version that has none, and add it",
+    )
+    fd.add_argument("--version-dir", type=Path, required=True, help="a version directory")
+    _data_args(fd)
+
     d = sub.add_parser("download", help="fetch the MNIST files that are missing")
     d.add_argument("--with-test", action="store_true", help="also fetch the t10k test files")
     _data_args(d)

@@ -23,12 +23,14 @@ from training.pipeline import (
     check_publishing,
     data_info,
     figures,
+    latent_density,
     publish,
     run,
 )
 from training.pipeline import test_split as present_test_split
 from training.progress import Meter, wants_bar
-from training.repository import complete_versions
+from training.publish import write_density, write_json_atomic
+from training.repository import MANIFEST, complete_versions
 from training.rundir import default_run_dir
 
 log = logging.getLogger("training")
@@ -104,7 +106,7 @@ def _validation_and_test(source: DataSource) -> Splits:
     train = load_split(source, "train")
     train_part, validation = split_validation(train)
     info = data_info(source, len(train_part), len(validation))
-    return Splits(validation, present_test_split(source), info)
+    return Splits(validation, present_test_split(source), info, train_part)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -169,6 +171,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_density(args: argparse.Namespace) -> int:
+    """Fit the latent density of a version published without one and add it to the version
+    (same graphs, so the same figures): density.npz first, then the manifest, atomically.
+    For a version no service has loaded yet, such as the embedded default model."""
+    version_dir: Path = args.version_dir
+    manifest_path = version_dir / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("density"):
+        raise DataError(f"{version_dir} already has a latent density ({manifest['density']})")
+    model = OnnxVAE(version_dir)
+    splits = _validation_and_test(_source(args))
+    density = latent_density(model, model.threshold, splits, None)
+    manifest["density"] = write_density(version_dir, density)
+    write_json_atomic(manifest_path, manifest)
+    print(json.dumps(manifest["density"], indent=2))
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     source = _source(args)
     for split in ("train", "test") if args.with_test else ("train",):
@@ -181,5 +201,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "publish": cmd_publish,
+    "fit-density": cmd_fit_density,
     "download": cmd_download,
 }

@@ -16,11 +16,13 @@ import torch
 from training import gate
 from training.config import EVAL_K, TrainConfig
 from training.data import DataSource, Split, binarize, load_split, missing_files, train_validation
+from training.density import DensityFit, fit_density, posterior_means
 from training.evaluate import OnnxVAE, evaluate, validation_terms
 from training.export import export_onnx, verify_export
+from training.loss import Encodes
 from training.model import VAE, parameter_count
 from training.progress import LINE_SECONDS, Meter, wants_bar
-from training.publish import publish_version, sha256_file
+from training.publish import publish_version, sha256_file, write_density
 from training.repository import check_repository
 from training.rundir import check_run_dir
 from training.train import TrainResult, final_figures, train
@@ -50,12 +52,14 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Splits:
-    """The validation images (raw, so that each model binarises them its own way) and the
-    test images when the t10k files are present."""
+    """The validation images (raw, so that each model binarises them its own way), the test
+    images when the t10k files are present, and the training images with their labels (the
+    latent density is fitted to their codes)."""
 
     validation: Split
     test: Split | None
     info: dict[str, Any] = field(default_factory=dict)  # the data's provenance, for manifests
+    train: Split | None = None
 
 
 def data_info(source: DataSource, train_n: int, val_n: int) -> dict[str, Any]:
@@ -139,6 +143,22 @@ def rescorer(splits: Splits, opts: RunOptions) -> gate.Rescore:
     return rescore
 
 
+def latent_density(
+    model: Encodes, threshold: float, splits: Splits, opts: RunOptions | None
+) -> DensityFit:
+    """The density of the training images' codes (training.density), its number of
+    components chosen on the validation images' (on the slices `opts` asks for)."""
+    assert splits.train is not None
+    train_n = opts.train_images if opts else None
+    eval_n = opts.eval_images if opts else None
+    train_x = binarize(splits.train.images[:train_n], threshold)
+    val_x = binarize(splits.validation.images[:eval_n], threshold)
+    codes, val_codes = posterior_means(model, train_x), posterior_means(model, val_x)
+    fit = fit_density(codes, splits.train.labels[:train_n], val_codes)
+    log.info("latent density: %d components", fit.summary["components"])
+    return fit
+
+
 def publish(
     model: VAE,
     cfg: TrainConfig,
@@ -147,12 +167,15 @@ def publish(
     opts: RunOptions,
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish through the gate, or export into the run dir when there is no repository."""
+    """Publish through the gate, or export into the run dir when there is no repository;
+    the latent density goes with the graphs either way."""
+    density = latent_density(model, cfg.threshold, splits, opts)
     if opts.repository is None:
         out = opts.run_dir / "export"
         out.mkdir(parents=True, exist_ok=True)
         export_onnx(model, out)
         diff = verify_export(model, out)
+        write_density(out, density)
         return {"published": None, "export_dir": str(out), "export_max_abs_diff": diff}
     published = publish_version(
         opts.repository,
@@ -166,6 +189,7 @@ def publish(
         embedded=opts.embedded,
         run_info=run_info,
         version=opts.version,
+        density=density,
     )
     return {
         "published": {"version": published.version, "path": str(published.path)},
@@ -179,7 +203,7 @@ def load_data(cfg: TrainConfig, opts: RunOptions) -> tuple[torch.Tensor, Splits]
     train_x = binarize(train_split.images[: opts.train_images], cfg.threshold)
     info = data_info(opts.data, len(train_x), len(val_split))
     log.info("data: %d training, %d validation images", len(train_x), len(val_split))
-    return train_x, Splits(val_split, test_split(opts.data), info)
+    return train_x, Splits(val_split, test_split(opts.data), info, train_split)
 
 
 def run_info(result: TrainResult, cfg: TrainConfig) -> dict[str, Any]:

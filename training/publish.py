@@ -27,6 +27,7 @@ import onnxruntime
 import torch
 
 from training.config import IMAGE_SHAPE, TrainConfig
+from training.density import DENSITY_FILE, DensityFit
 from training.export import (
     OPSET,
     TOLERANCE,
@@ -186,6 +187,14 @@ def _export_verified(model: VAE, staging: Path) -> float:
     return diff
 
 
+def write_density(directory: Path, density: DensityFit) -> dict[str, Any]:
+    """Write the density file durably into `directory`; its manifest entry."""
+    path = directory / DENSITY_FILE
+    path.write_bytes(density.to_bytes())
+    _fsync_path(path)
+    return {**density.summary, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def publish_version(
     repo_root: Path,
     model: VAE,
@@ -199,9 +208,11 @@ def publish_version(
     embedded: Path = EMBEDDED_MODEL,
     run_info: dict[str, Any] | None = None,
     version: int | None = None,
+    density: DensityFit | None = None,
 ) -> PublishResult:
-    """Publish `model` as `repo_root/vae/<next version or version>/` if the quality gate
-    (training.gate.judge, given the keywords of the same names) passes it."""
+    """Publish `model` (with its fitted latent `density`, if given) as
+    `repo_root/vae/<next version or version>/` if the quality gate (training.gate.judge,
+    given the keywords of the same names) passes it."""
     check_repository(repo_root, version)
     gate = judge(
         repo_root,
@@ -219,6 +230,8 @@ def publish_version(
         manifest = build_manifest(
             int(target.name), staging, model, cfg, evaluation, data_info, diff, run_info
         )
+        if density is not None:
+            manifest["density"] = write_density(staging, density)
         write_json_atomic(staging / MANIFEST, manifest)
         staging.rename(target)  # atomic; fails if a concurrent publisher took the version
         _fsync_path(model_dir)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.model.latent import MAX_ABS_Z, InterpolationMethod
 from service.model.repository import VersionStatus
-from service.model.runtime import Source
+from service.model.runtime import Prior, Source
 
 ReconstructMode = Literal["mean", "sample"]  # decode mu, or a draw from q(z|x)
 # Strict: a JSON number (integer or not), as the schema says; lax mode would also take true,
@@ -86,18 +86,22 @@ class EncodeResponse(BaseModel):
 
 
 class SampleResponse(ImagesResponse):
-    """Draws from the prior, decoded."""
+    """Draws from the prior or the fitted density, decoded."""
 
     model_config = _example(
         model_version=1,
         image_shape=[28, 28],
         seed=7,
         temperature=1.0,
+        prior="fitted",
+        digit=3,
         z=[_EXAMPLE_ROW],
         probs=[_EXAMPLE_ROW],
     )
     seed: int
     temperature: float
+    prior: Prior = Field(description="`standard` (N(0, I)) or `fitted` (the fitted density).")
+    digit: int | None = Field(description="The digit asked for, or null.")
     z: Rows
 
 

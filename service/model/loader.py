@@ -26,9 +26,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.model.density import (
+    DIGITS,
+    MAX_DENSITY_BYTES,
+    DensityError,
+    LatentDensity,
+    parse_density,
+)
 from service.model.files import UnreadableFileError, read_regular
 from service.model.latent import MAX_ABS_Z, MAX_TEMPERATURE, Array, reparameterize, sample_prior
-from service.model.manifest import GraphSpec, Manifest, Shape, expected_signatures
+from service.model.manifest import FileSpec, GraphSpec, Manifest, Shape, expected_signatures
 from service.model.runtime import ModelRuntime, NonFiniteOutputError, Source
 
 FUSED_TOLERANCE = 1e-4  # max |fused - encoder + decoder| accepted (the exporter's)
@@ -71,6 +78,7 @@ def load_runtime(
         encoder=sessions["encoder"],
         decoder=sessions["decoder"],
         fused=sessions.get("reconstruct"),
+        density=_density(version_dir, manifest.density, manifest.latent_dim),
     )
     validate(runtime)
     return dataclasses.replace(runtime, report=report)
@@ -111,14 +119,38 @@ def latent_probes(latent_dim: int, rng: np.random.Generator) -> list[Probe]:
     ]
 
 
+def density_probes(density: LatentDensity, rng: np.random.Generator) -> list[Probe]:
+    """Draws from the fitted density at temperatures 1 and the largest, for every digit too."""
+    probes = []
+    for temperature in (1.0, MAX_TEMPERATURE):
+        probes.append(
+            Probe(
+                f"z from the fitted density at temperature {temperature:g}",
+                density.sample(8, temperature, rng),
+            )
+        )
+        digits = [density.sample(1, temperature, rng, digit=d) for d in range(DIGITS)]
+        probes.append(
+            Probe(
+                f"z from each digit's fitted Gaussian at temperature {temperature:g}",
+                np.concatenate(digits),
+            )
+        )
+    return probes
+
+
 def validate(runtime: ModelRuntime) -> None:
     """Run every graph on the spread; raise ModelLoadError naming the graph and the inputs.
 
-    The latents the API takes go first, then the images and the latents derived from them.
+    The latents the API takes go first (with draws from the fitted density, when the version
+    has one), then the images and the latents derived from them.
     """
     rng = np.random.default_rng(0)
     manifest = runtime.manifest
-    for probe in latent_probes(manifest.latent_dim, rng):
+    probes = latent_probes(manifest.latent_dim, rng)
+    if runtime.density is not None:
+        probes += density_probes(runtime.density, rng)
+    for probe in probes:
         _run(runtime, "decoder", probe, runtime.decode_logits)
     for probe in image_probes(manifest.pixels, rng):
         mu, logvar = _run(runtime, "encoder", probe, runtime.encode)
@@ -190,19 +222,36 @@ def _widths(runtime: ModelRuntime) -> dict[str, list[tuple[str, int]]]:
 
 def _session(version_dir: Path, spec: GraphSpec, threads: int) -> Any:
     """Read the graph once, check its sha256, and build the session from those same bytes."""
-    try:
-        data = read_regular(version_dir / spec.file, MAX_GRAPH_BYTES)
-    except UnreadableFileError as exc:
-        raise ModelLoadError(f"{spec.file}: {exc}") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec.sha256:
-        raise ModelLoadError(f"{spec.file}: sha256 is {digest}, manifest says {spec.sha256}")
+    data = _checked_bytes(version_dir, spec, MAX_GRAPH_BYTES)
     try:
         return ort.InferenceSession(
             data, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises several private exception types for a bad graph
         raise ModelLoadError(f"{spec.file}: onnxruntime cannot load it: {exc}") from exc
+
+
+def _density(version_dir: Path, spec: FileSpec | None, latent_dim: int) -> LatentDensity | None:
+    """The version's fitted latent density, checked like a graph, or None if it has none."""
+    if spec is None:
+        return None
+    data = _checked_bytes(version_dir, spec, MAX_DENSITY_BYTES)
+    try:
+        return parse_density(data, latent_dim)
+    except DensityError as exc:
+        raise ModelLoadError(f"{spec.file}: {exc}") from exc
+
+
+def _checked_bytes(version_dir: Path, spec: GraphSpec | FileSpec, limit: int) -> bytes:
+    """The file's bytes, read once, whose sha256 must be the manifest's."""
+    try:
+        data = read_regular(version_dir / spec.file, limit)
+    except UnreadableFileError as exc:
+        raise ModelLoadError(f"{spec.file}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise ModelLoadError(f"{spec.file}: sha256 is {digest}, manifest says {spec.sha256}")
+    return data
 
 
 def session_options(threads: int) -> Any:

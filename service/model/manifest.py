@@ -45,6 +45,14 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
+class FileSpec:
+    """A file of the version other than a graph, as the manifest lists it."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The fields the service relies on, plus the whole document to report as it is."""
 
@@ -56,6 +64,7 @@ class Manifest:
     decoder: GraphSpec
     reconstruct: GraphSpec | None  # optional: x -> mu, logvar, probs of decoding mu
     document: dict[str, Any]
+    density: FileSpec | None = None  # optional: the fitted latent density (service.model.density)
 
     @property
     def pixels(self) -> int:
@@ -131,6 +140,7 @@ def parse_manifest(document: dict[str, Any]) -> Manifest:
         decoder=_graph(graphs, "decoder"),
         reconstruct=_graph(graphs, "reconstruct") if "reconstruct" in graphs else None,
         document=document,
+        density=_density(document.get("density")),
     )
     _check_declared_shapes(manifest)
     return manifest
@@ -209,17 +219,31 @@ def _graph(graphs: dict[str, Any], name: str) -> GraphSpec:
     if not isinstance(spec, dict):
         problem = "is missing" if name not in graphs else f"must be an object, got {spec!r}"
         raise ManifestError(f"graphs.{name} {problem}")
-    file, sha = spec.get("file"), spec.get("sha256")
-    if not _plain_file_name(file):
-        raise ManifestError(f"graphs.{name}.file must be a plain file name, got {file!r}")
-    if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= set(string.hexdigits):
-        raise ManifestError(f"graphs.{name}.sha256 must be 64 hex digits, got {sha!r}")
+    file = _file(spec, f"graphs.{name}")
     return GraphSpec(
-        file=file,
-        sha256=sha.lower(),
+        file=file.file,
+        sha256=file.sha256,
         inputs=_signature(spec.get("inputs"), f"graphs.{name}.inputs"),
         outputs=_signature(spec.get("outputs"), f"graphs.{name}.outputs"),
     )
+
+
+def _density(spec: object) -> FileSpec | None:
+    """The optional `density` entry: absent or null in versions published without one."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ManifestError(f"density must be an object with file and sha256, got {spec!r}")
+    return _file(spec, "density")
+
+
+def _file(spec: dict[str, Any], where: str) -> FileSpec:
+    file, sha = spec.get("file"), spec.get("sha256")
+    if not _plain_file_name(file):
+        raise ManifestError(f"{where}.file must be a plain file name, got {file!r}")
+    if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= set(string.hexdigits):
+        raise ManifestError(f"{where}.sha256 must be 64 hex digits, got {sha!r}")
+    return FileSpec(file=file, sha256=sha.lower())
 
 
 def _plain_file_name(value: object) -> TypeGuard[str]:

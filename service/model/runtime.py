@@ -19,10 +19,12 @@ import numpy as np
 import numpy.typing as npt
 
 from service.model import latent
+from service.model.density import LatentDensity
 from service.model.latent import Array
 from service.model.manifest import Manifest
 
 Source = Literal["repository", "embedded"]
+Prior = Literal["standard", "fitted"]
 DECODE_CHUNK_ROWS = 4096  # bounds the memory of one decoder run ([rows, D] float32 x 2)
 _ENCODER_OUTPUTS = ["mu", "logvar"]
 _FUSED_OUTPUTS = ["mu", "logvar", "probs"]
@@ -58,6 +60,7 @@ class ModelRuntime:
     encoder: Any  # ort.InferenceSession, x -> (mu, logvar)
     decoder: Any  # ort.InferenceSession, z -> (logits, probs)
     fused: Any = None  # ort.InferenceSession, x -> (mu, logvar, probs); None: the version has none
+    density: LatentDensity | None = None  # the fitted latent density; None: the version has none
     # Called, from the thread that ran the graph, before a NonFiniteOutputError is raised: the
     # watcher then withdraws this version (service.watcher). None while it is validated.
     report: Callable[[NonFiniteOutputError], None] | None = None
@@ -93,9 +96,27 @@ class ModelRuntime:
         mu, logvar, probs = self._fused_run(x)
         return mu, logvar, probs
 
-    def sample(self, n: int, temperature: float, rng: np.random.Generator) -> tuple[Array, Array]:
-        """n draws from the prior at `temperature` -> (z [n, L], probabilities [n, D])."""
-        z = latent.sample_prior(n, self.manifest.latent_dim, temperature, rng)
+    @property
+    def default_prior(self) -> Prior:
+        """The fitted density when the version has one, else N(0, I)."""
+        return "standard" if self.density is None else "fitted"
+
+    def sample(
+        self,
+        n: int,
+        temperature: float,
+        rng: np.random.Generator,
+        prior: Prior = "standard",
+        digit: int | None = None,
+    ) -> tuple[Array, Array]:
+        """n draws at `temperature` -> (z [n, L], probabilities [n, D]): from N(0, I), or from
+        the fitted density (its mixture, or digit `digit`'s Gaussian), which the caller has
+        checked the version has."""
+        if prior == "standard":
+            z = latent.sample_prior(n, self.manifest.latent_dim, temperature, rng)
+        else:
+            assert self.density is not None
+            z = self.density.sample(n, temperature, rng, digit)
         return z, self.decode(z)
 
     def score(self, x: Array, k: int, rng: np.random.Generator) -> Scores:

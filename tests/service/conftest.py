@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.http.app import create_app
 from service.settings import Settings
-from tests.service.service_helpers import install
+from tests.service.service_helpers import fitted_density, install
 from training.config import TrainConfig
 from training.model import VAE
 from training.publish import publish_version
@@ -22,13 +22,21 @@ POLL_S = 0.05  # the test poll interval: reloads are waited for with a deadline,
 
 @pytest.fixture(scope="session")
 def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Version directories of two tiny models (seeds 0 and 1), exported once per session."""
+    """Version directories of two tiny models (seeds 0 and 1), exported once per session, and
+    "fitted": model a again, with a latent density fitted to its codes of random images."""
     root = tmp_path_factory.mktemp("published")
     paths = {}
+    models = {}
     for name, seed in (("a", 0), ("b", 1)):
         cfg = TrainConfig.from_preset("tiny", seed=seed)
         torch.manual_seed(seed)
-        paths[name] = publish_version(root / name, VAE(cfg), cfg, force=True).path
+        models[name] = VAE(cfg)
+        paths[name] = publish_version(root / name, models[name], cfg, force=True).path
+    cfg = TrainConfig.from_preset("tiny", seed=0)
+    density = fitted_density(models["a"])
+    paths["fitted"] = publish_version(
+        root / "fitted", models["a"], cfg, force=True, density=density
+    ).path
     return paths
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import shutil
 import socket
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
@@ -28,8 +30,33 @@ from service.http.transport import GuardedHttpToolsProtocol
 from service.main import server_config
 from service.model.repository import ModelRepository, Rejection, VersionEntry
 from service.settings import Settings
+from training.density import DensityFit, fit_density, posterior_means
+from training.model import VAE
 
 Edit = Callable[[Path, dict[str, Any]], None]
+DENSITY_IMAGES = 400
+
+
+def fitted_density(model: VAE) -> DensityFit:
+    """A latent density of `model`'s codes of random binary images, labelled 0-9 in turn:
+    a mixture of 3 components and one Gaussian per digit, as the training job fits them."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((rng.random((DENSITY_IMAGES, 784)) > 0.7).astype(np.float32))
+    codes = posterior_means(model, x)
+    labels = np.arange(DENSITY_IMAGES) % 10
+    return fit_density(codes, labels, codes[:100], candidates=(3,))
+
+
+def write_density(version_dir: Path, manifest: dict[str, Any], data: bytes) -> None:
+    """Give the version `data` as its density file, with the right checksum."""
+    (version_dir / "density.npz").write_bytes(data)
+    manifest["density"] = {"file": "density.npz", "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def npz_bytes(arrays: dict[str, Any], *, compressed: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def install(

@@ -43,12 +43,15 @@ from service.http.uploads import (
 from service.images.decoding import OpenedImage
 from service.images.preprocess import ImageOptions, input_rows
 from service.inference.executor import Work
+from service.model.density import DIGITS
 from service.model.latent import Array, InterpolationMethod, interpolate
+from service.model.runtime import ModelRuntime, Prior
 from service.settings import Settings
 
 DEFAULT_STEPS = 8
 DEFAULT_N = 16
 MAX_TEMPERATURE = 10.0
+PRIOR_HEADER = "X-Sample-Prior"
 
 
 def router(settings: Settings) -> APIRouter:
@@ -111,9 +114,28 @@ class SampleQuery(QueryModel):
             ge=0.0,
             le=MAX_TEMPERATURE,
             allow_inf_nan=False,
-            description="z ~ N(0, temperature^2 I).",
+            description="Scales each draw's deviation from its mean: z ~ N(0, temperature^2 I) "
+            "under the standard prior; mean + temperature * (a draw from the component) under "
+            "the fitted one.",
         ),
     ] = 1.0
+    prior: Annotated[
+        Prior | None,
+        Field(
+            description="`standard`: N(0, I), as the VAE was trained. `fitted`: the Gaussian "
+            "mixture fitted to the training images' codes, where the digits are. Default: "
+            "`fitted` when the served version has one, else `standard`."
+        ),
+    ] = None
+    digit: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=DIGITS - 1,
+            description="Sample this digit, from its class's fitted Gaussian (needs the "
+            "fitted density).",
+        ),
+    ] = None
     scale: ScaleField = 1
 
 
@@ -168,28 +190,54 @@ def _add_sample(api: APIRouter, settings: Settings) -> None:
         errors=(422, 503),
     )
     async def sample(request: Request) -> Response:
-        """Decode n draws from the prior: a PNG grid, or JSON with z and probabilities."""
+        """Decode n draws from the prior or the fitted density, or of one digit: a PNG grid,
+        or JSON with z and probabilities. `X-Sample-Prior` says which prior was used."""
         call = model_call(request, query_model)
-        compute = partial(_sampled, call, new_seed(call.query.seed))
+        prior = chosen_prior(call.runtime, call.query)
+        compute = partial(_sampled, call, prior, new_seed(call.query.seed))
         return await call.services.executor.run("sample", Work(0, call.query.n), compute)
 
 
-def _sampled(call: ModelCall[SampleQuery], seed: int) -> Response:
-    """A sample's answer: n draws from the prior, decoded, as a PNG grid or JSON."""
+def chosen_prior(runtime: ModelRuntime, query: SampleQuery) -> Prior:
+    """The prior a sample query asks for, or the version's default; a 422 when the served
+    version cannot give it."""
+    if query.digit is not None and query.prior == "standard":
+        raise invalid(
+            "query.digit",
+            "digit= draws from that digit's fitted Gaussian: leave prior out or set prior=fitted",
+            code="digit_needs_fitted_prior",
+        )
+    prior = query.prior or ("fitted" if query.digit is not None else runtime.default_prior)
+    if prior == "fitted" and runtime.density is None:
+        raise invalid(
+            "query.digit" if query.digit is not None else "query.prior",
+            f"model version {runtime.version} has no fitted latent density (no density file "
+            "in its manifest), so it samples only prior=standard, without digit=",
+            code="no_fitted_density",
+        )
+    return prior
+
+
+def _sampled(call: ModelCall[SampleQuery], prior: Prior, seed: int) -> Response:
+    """A sample's answer: n draws, decoded, as a PNG grid or JSON."""
     runtime, query = call.runtime, call.query
     shape = runtime.manifest.image_shape
-    z, probs = runtime.sample(query.n, query.temperature, rng_for(seed))
+    z, probs = runtime.sample(query.n, query.temperature, rng_for(seed), prior, query.digit)
+    headers = {"X-Seed": str(seed), PRIOR_HEADER: prior}
     if call.output == "png":
-        return png_response(probs, shape, query.scale, headers={"X-Seed": str(seed)})
+        return png_response(probs, shape, query.scale, headers=headers)
     return json_response(
         SampleResponse(
             model_version=runtime.version,
             image_shape=list(shape),
             seed=seed,
             temperature=query.temperature,
+            prior=prior,
+            digit=query.digit,
             z=z.tolist(),
             probs=probs.tolist(),
-        )
+        ),
+        headers=headers,
     )
 
 
