@@ -21,8 +21,9 @@ wall time of `--calls` calls.
 2. ORT intra-op threads 1 vs 2 per batch size (per-image cost of a reconstruct).
 3. Codec stages of a 28x28 request: PNG decode, MNIST preprocessing, PNG encode (the
    service's encoder and PIL's).
-4. Whole jobs, one request each without HTTP (reconstruct, encode, sample n=64): the floor
-   under each endpoint, to which the trivial endpoint's HTTP cost adds.
+4. Whole jobs, one request each without HTTP (reconstruct, encode, sample n=64 under each
+   prior the version has): the floor under each endpoint, to which the trivial endpoint's
+   HTTP cost adds.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from service.images import decoding, png, preprocess
 from service.inference.jobs import Job, Result, run_jobs
 from service.model.loader import load_runtime
 from service.model.manifest import read_manifest
-from service.model.runtime import ModelRuntime
+from service.model.runtime import ModelRuntime, Prior
 from training.config import TrainConfig
 from training.model import VAE
 
@@ -318,16 +319,23 @@ def jobs(model_dir: Path, repeats: int, calls: int) -> list[str]:
 
         return run_jobs([Job(served, Body(data), options, z=None, decode=False, finish=respond)])
 
-    def sample() -> object:
-        _, probs = served.sample(64, 1.0, np.random.default_rng(0))
+    def sample(prior: Prior) -> object:
+        _, probs = served.sample(64, 1.0, np.random.default_rng(0), prior)
         return png_response(probs, shape, 1)
 
+    jobs = {
+        "reconstruct: open + decode + preprocess=mnist + model + PNG": reconstruct,
+        "encode: open + decode + preprocess=mnist + encoder + JSON": encode,
+        "sample n=64: standard prior draws + decoder at batch 64 + PNG grid": partial(
+            sample, "standard"
+        ),
+    }
+    if served.density is not None:
+        jobs["sample n=64: fitted density draws + decoder at batch 64 + PNG grid"] = partial(
+            sample, "fitted"
+        )
     times = alternate(
-        {
-            "reconstruct: open + decode + preprocess=mnist + model + PNG": reconstruct,
-            "encode: open + decode + preprocess=mnist + encoder + JSON": encode,
-            "sample n=64: prior draws + decoder at batch 64 + PNG grid": sample,
-        },
+        jobs,
         repeats,
         max(calls // 4, 50),
     )

@@ -71,22 +71,7 @@ def fit_density(
     seed: int = 0,
 ) -> DensityFit:
     """The mixture (components chosen on the validation codes) and the per-digit Gaussians."""
-    usable = [k for k in candidates if k * 2 * train_codes.shape[1] <= len(train_codes)] or [1]
-    scores: dict[int, float] = {}
-    best: GaussianMixture | None = None
-    for k in usable:
-        mixture = GaussianMixture(
-            k,
-            covariance_type="full",
-            reg_covar=REG_COVAR,
-            max_iter=MAX_EM_ITERATIONS,
-            random_state=seed,
-        ).fit(train_codes)
-        scores[k] = float(mixture.score(validation_codes))
-        log.info("latent density: %d components, validation log-likelihood %.3f", k, scores[k])
-        if best is None or scores[k] > scores[best.n_components]:
-            best = mixture
-    assert best is not None
+    best, scores = _best_mixture(train_codes, validation_codes, candidates, seed)
     class_means, class_cholesky, fallback = _class_gaussians(train_codes, train_labels)
     arrays = {
         "mixture_weights": best.weights_.astype(np.float32),
@@ -108,6 +93,33 @@ def fit_density(
         "classes_without_codes": fallback,
     }
     return DensityFit(arrays=arrays, summary=summary)
+
+
+def _best_mixture(
+    train_codes: np.ndarray,
+    validation_codes: np.ndarray,
+    candidates: tuple[int, ...],
+    seed: int,
+) -> tuple[GaussianMixture, dict[int, float]]:
+    """Each candidate mixture that the codes can support (2L codes per component, else one
+    component), fitted on the training codes; the one the validation codes like best."""
+    usable = [k for k in candidates if k * 2 * train_codes.shape[1] <= len(train_codes)] or [1]
+    scores: dict[int, float] = {}
+    best: GaussianMixture | None = None
+    for k in usable:
+        mixture = GaussianMixture(
+            k,
+            covariance_type="full",
+            reg_covar=REG_COVAR,
+            max_iter=MAX_EM_ITERATIONS,
+            random_state=seed,
+        ).fit(train_codes)
+        scores[k] = float(mixture.score(validation_codes))
+        log.info("latent density: %d components, validation log-likelihood %.3f", k, scores[k])
+        if best is None or scores[k] > scores[best.n_components]:
+            best = mixture
+    assert best is not None
+    return best, scores
 
 
 def _class_gaussians(

@@ -142,6 +142,7 @@ def build_manifest(
         "image_shape": list(IMAGE_SHAPE),
         "opset": OPSET,
         "graphs": _graphs(staging, model.latent_dim),
+        "density": None,  # the density file's entry, once written (publish_version)
         "preprocessing": {"binarize_threshold": cfg.threshold},
         "training": cfg.to_dict(),
         "run": run_info,
@@ -210,9 +211,8 @@ def publish_version(
     version: int | None = None,
     density: DensityFit | None = None,
 ) -> PublishResult:
-    """Publish `model` (with its fitted latent `density`, if given) as
-    `repo_root/vae/<next version or version>/` if the quality gate (training.gate.judge,
-    given the keywords of the same names) passes it."""
+    """Publish `model` and its latent `density` as repo_root/vae/<next or given version>/ if
+    the quality gate (training.gate.judge, given the keywords of the same names) passes it."""
     check_repository(repo_root, version)
     gate = judge(
         repo_root,
@@ -230,8 +230,7 @@ def publish_version(
         manifest = build_manifest(
             int(target.name), staging, model, cfg, evaluation, data_info, diff, run_info
         )
-        if density is not None:
-            manifest["density"] = write_density(staging, density)
+        manifest["density"] = write_density(staging, density) if density else None
         write_json_atomic(staging / MANIFEST, manifest)
         staging.rename(target)  # atomic; fails if a concurrent publisher took the version
         _fsync_path(model_dir)
