@@ -3,9 +3,10 @@
     python bench/run_all.py [--quick] [--skip train_speed ...]
 
 Serving benchmarks need wrk (Debian: `apt-get install wrk`; taskset too, for `--pin`); the
-training one reads ../shared/data/mnist when present. The full run takes about 25 minutes on
-2 cores; `--quick` cuts rounds and durations to a few minutes for a smoke check (its figures
-are too noisy to record). Record figures in docs/benchmarks.md by hand.
+training one reads ../shared/data/mnist when present, and sample_quality needs it. The full
+run takes about 30 minutes on 2 cores; `--quick` cuts rounds and durations to a few minutes
+for a smoke check (its figures are too noisy to record). Record figures in docs/benchmarks.md
+by hand.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ FULL: dict[str, list[str]] = {
     "gc_effect": [],
     "startup_memory": [],
     "idioms": [],
+    "sample_quality": [],
 }
 QUICK: dict[str, list[str]] = {
     "train_speed": ["--iterations", "200", "--trials", "1"],
@@ -35,6 +37,7 @@ QUICK: dict[str, list[str]] = {
     "gc_effect": ["--rounds", "1", "--duration", "1"],
     "startup_memory": ["--starts", "2", "--requests", "5000"],
     "idioms": ["--repeats", "5"],
+    "sample_quality": ["--samples", "200", "--per-digit", "50"],
 }
 
 

@@ -238,16 +238,22 @@ async function sample() {
   const seed = $("seed").value.trim();
   const temperature = $("temperature").value.trim();
   const query = new URLSearchParams({ n, seed, temperature });
+  for (const name of ["prior", "digit"]) {
+    const value = $(name).value;
+    if (value) query.set(name, value);
+  }
   say("sample", "Sampling…");
   try {
     const response = await api(`/v1/sample?${query}`, { headers: { Accept: "application/json" } });
     const result = await response.json();
     state.samples = result;
     const columns = Math.ceil(Math.sqrt(result.probs.length));
+    const what = `${result.probs.length} ${result.digit === null ? "digits" : `${result.digit}s`}`;
     showImage($("samples"), pixelsToUrl(result.probs, result.image_shape, columns),
-      `${result.probs.length} digits sampled by model version ${result.model_version}, ` +
-      `seed ${result.seed}, temperature ${result.temperature}, numbered left to right`);
-    succeed("sample", `${result.probs.length} samples, seed ${result.seed}, numbered left to right.`);
+      `${what} sampled by model version ${result.model_version} from the ${result.prior} ` +
+      `prior, seed ${result.seed}, temperature ${result.temperature}, numbered left to right`);
+    succeed("sample", `${what} from the ${result.prior} prior, seed ${result.seed}, ` +
+      "numbered left to right.");
   } catch (err) {
     fail("sample", err);
   }
@@ -321,7 +327,7 @@ async function loadModel() {
     state.version = serving ? String(serving.version) : "none";
     if (!serving) {
       describe({ "model-version": "none", "model-source": "—", "model-latent": "—",
-        "model-preset": "—", "model-elbo": "—", "model-iwae": "—" });
+        "model-preset": "—", "model-elbo": "—", "model-iwae": "—", "model-prior": "—" });
       fail("model", new Error(`No model is ready: ${models.detail}`));
       return;
     }
@@ -335,6 +341,9 @@ async function loadModel() {
       "model-preset": manifest.training?.preset ?? "not recorded",
       "model-elbo": nats(evaluation.neg_elbo),
       "model-iwae": nats(evaluation.iwae_nll) + (typeof evaluation.iwae_nll === "number" ? k : ""),
+      "model-prior": manifest.density
+        ? `a fitted density (${manifest.density.components ?? "?"} Gaussians)`
+        : "the standard prior N(0, I)",
     });
     $("model-status").textContent = evaluation.split
       ? `Figures per image on ${evaluation.images} ${evaluation.split} images; lower is better. ${sentence(models.detail)}`

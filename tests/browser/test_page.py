@@ -148,7 +148,9 @@ def test_a_fixed_seed_gives_the_same_grid_and_new_seed_another(
     def sample(seed: str) -> str:
         page.get_by_label("Seed").fill(seed)
         page.get_by_role("button", name="Sample", exact=True).click()
-        expect(status).to_have_text(f"9 samples, seed {seed}, numbered left to right.")
+        expect(status).to_have_text(
+            f"9 digits from the fitted prior, seed {seed}, numbered left to right."
+        )
         return loaded(page, "samples")
 
     page.get_by_label("How many").fill("9")
@@ -163,8 +165,36 @@ def test_a_fixed_seed_gives_the_same_grid_and_new_seed_another(
 
     page.get_by_role("button", name="New seed").click()
     new_seed = page.get_by_label("Seed").input_value()
-    expect(status).to_have_text(f"9 samples, seed {new_seed}, numbered left to right.")
+    expect(status).to_have_text(
+        f"9 digits from the fitted prior, seed {new_seed}, numbered left to right."
+    )
     assert new_seed != "42" and loaded(page, "samples") != grid
+
+
+def test_the_digit_picker_and_the_prior_switch(visit: Callable[..., Visit], live_url: str) -> None:
+    page = open_page(visit(), live_url)
+    status = page.locator("#sample-status")
+    page.get_by_label("How many").fill("4")
+    page.get_by_label("Seed").fill("5")
+
+    def sample(prior: str, digit: str, text: str) -> str:
+        page.locator("#prior").select_option(prior)
+        page.locator("#digit").select_option(digit)
+        page.get_by_role("button", name="Sample", exact=True).click()
+        expect(status).to_have_text(text)
+        return loaded(page, "samples")
+
+    threes = sample("", "3", "4 3s from the fitted prior, seed 5, numbered left to right.")
+    assert "4 3s sampled" in (page.locator("#samples").get_attribute("alt") or "")
+    sevens = sample("fitted", "7", "4 7s from the fitted prior, seed 5, numbered left to right.")
+    standard = sample(
+        "standard", "", "4 digits from the standard prior, seed 5, numbered left to right."
+    )
+    assert len({threes, sevens, standard}) == 3
+
+    page.locator("#digit").select_option("3")
+    page.get_by_role("button", name="Sample", exact=True).click()
+    expect(page.locator("#sample-error")).to_contain_text("leave prior out or set prior=fitted")
 
 
 def test_interpolation_between_two_drawings_and_between_two_samples(
@@ -195,7 +225,7 @@ def test_interpolation_between_two_drawings_and_between_two_samples(
         "Sample a grid first: its samples are the ends."
     )
     page.get_by_role("button", name="Sample", exact=True).click()
-    expect(page.locator("#sample-status")).to_contain_text("16 samples")
+    expect(page.locator("#sample-status")).to_contain_text("16 digits")
     page.get_by_role("button", name="Interpolate").click()
     expect(page.locator("#interpolate-error")).to_contain_text("Sample numbers go from 1 to 16")
     page.get_by_label("From sample no.").fill("3")
@@ -219,6 +249,8 @@ def test_the_served_model_and_its_figures_are_shown(
     expect(page.locator("#model-iwae")).to_have_text(
         f"{figures['iwae_nll']:.1f} nats (k = {figures['iwae_k']})"
     )
+    components = manifest["density"]["components"]
+    expect(page.locator("#model-prior")).to_have_text(f"a fitted density ({components} Gaussians)")
     expect(page.locator("#model-status")).to_contain_text(f"Serving version {SERVED_VERSION}")
     expect(page.locator("#model-error")).to_be_hidden()
 
@@ -274,7 +306,7 @@ def test_at_phone_width_everything_fits_and_is_keyboard_reachable(
     )
     page.locator("#sample").focus()
     page.keyboard.press("Enter")
-    expect(page.locator("#sample-status")).to_contain_text("16 samples")
+    expect(page.locator("#sample-status")).to_contain_text("16 digits")
     page.locator("input[name=ends][value=samples]").focus()
     page.keyboard.press("Space")
     page.locator("#interpolate").focus()
@@ -305,7 +337,7 @@ def test_screenshot_of_the_page_with_the_default_model(
     expect(page.locator("#draw-status")).to_have_text(done)
     page.get_by_role("button", name="Use as B").click()
     page.get_by_role("button", name="Sample", exact=True).click()
-    expect(page.locator("#sample-status")).to_contain_text("16 samples")
+    expect(page.locator("#sample-status")).to_contain_text("16 digits")
     page.get_by_role("button", name="Interpolate").click()
     expect(page.locator("#interpolate-status")).to_have_text(
         "From drawings A and B, left to right."
