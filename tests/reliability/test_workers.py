@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from bench.soak import publish
 from tests.reliability.server import Server, held, request, running
 from tests.service import service_samples as samples
-from tests.service.service_helpers import wait_for
+from tests.service.service_helpers import accepting, wait_for
 
 WORKERS = 2
 DIGIT = samples.digit_png()
@@ -76,7 +75,7 @@ def test_sigterm_lets_every_worker_finish_what_it_accepted(seed_repo: Path, tmp_
         ]
         time.sleep(0.5)  # every worker has read what it accepted
         server.process.send_signal(signal.SIGTERM)
-        wait_for(lambda: not _accepting(server.port), timeout=20, what="the port to close")
+        wait_for(lambda: not accepting(server.port), timeout=20, what="the port to close")
         replies = [p.finish() for p in pending]
         assert [status for status, _ in replies] == [200] * 6
         assert server.process.wait(timeout=30) == 0
@@ -89,7 +88,7 @@ def test_workers_end_with_their_supervisor(seed_repo: Path, tmp_path: Path) -> N
         server.process.kill()
         server.process.wait(timeout=30)
         wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="the workers to end")
-        assert not _accepting(server.port)
+        assert not accepting(server.port)
 
 
 def _alive(process: int) -> bool:
@@ -98,11 +97,3 @@ def _alive(process: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _accepting(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

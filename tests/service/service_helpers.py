@@ -9,6 +9,8 @@ import io
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -93,6 +95,27 @@ def reject_v2(
     assert runtime is not None and runtime.version == 1  # falls back to the next version down
     assert [r.version for r in rejections] == [2]
     return repository, entries, rejections[0]
+
+
+def accepting(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def run_vae_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m service.main` (what vae-serve runs) with `env`, to its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+    )
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

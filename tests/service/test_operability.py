@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.http import logs
 from service.settings import Settings
-from tests.service.service_helpers import metric
+from tests.service.service_helpers import metric, run_vae_serve
 
 
 def test_a_request_id_is_kept_or_made_and_echoed(client: TestClient) -> None:
@@ -77,13 +75,6 @@ def test_nonsense_settings_are_refused(overrides: dict[str, object], says: str) 
 def test_a_misspelt_setting_is_named_with_what_it_may_mean(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     env |= {"VAE_PORT": "-1", "VAE_WORKRS": "2"}  # the bad port stops it after the warning
-    result = subprocess.run(
-        [sys.executable, "-m", "service.main"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).parents[2],
-    )
+    result = run_vae_serve(env)
     assert result.returncode == 1
     assert "VAE_WORKRS is not a setting, ignored; did you mean VAE_WORKERS?" in result.stderr

@@ -21,7 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import Settings
 from tests.service import service_samples as samples
-from tests.service.service_helpers import install, serving, wait_for
+from tests.service.service_helpers import (
+    accepting,
+    install,
+    run_vae_serve,
+    serving,
+    wait_for,
+)
 
 BODY = samples.digit_png()
 
@@ -173,7 +179,7 @@ def test_sigterm_lets_accepted_requests_complete(
         held = hold_request(port)
         wait_for(lambda: in_flight(port) >= 2, what="the request in flight")
         process.send_signal(signal.SIGTERM)
-        wait_for(lambda: not _accepting(port), what="the server to stop accepting")
+        wait_for(lambda: not accepting(port), what="the server to stop accepting")
         assert finish(held).startswith(b"HTTP/1.1 200")
         # uvicorn re-raises the captured SIGTERM once shut down, as a default handler would.
         assert process.wait(timeout=20) in (0, -signal.SIGTERM)
@@ -181,14 +187,6 @@ def test_sigterm_lets_accepted_requests_complete(
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _accepting(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _ready(port: int) -> bool:
@@ -200,14 +198,7 @@ def _ready(port: int) -> bool:
 
 def test_invalid_settings_stop_vae_serve_with_a_clear_message(tmp_path: Path) -> None:
     env = {**os.environ, "VAE_PORT": "0", "VAE_MAX_BATCH": "lots"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service.main"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).parents[2],
-    )
+    result = run_vae_serve(env)
     assert result.returncode == 1
     assert "invalid settings" in result.stderr
     assert "VAE_PORT" in result.stderr and "VAE_MAX_BATCH" in result.stderr
