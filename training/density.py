@@ -107,6 +107,7 @@ def _best_mixture(
     scores: dict[int, float] = {}
     best: GaussianMixture | None = None
     for k in usable:
+        log.info("latent density: fitting %d components to %d codes", k, len(train_codes))
         mixture = GaussianMixture(
             k,
             covariance_type="full",
