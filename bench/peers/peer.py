@@ -49,7 +49,7 @@ def build_archive(store: Path) -> Path:
     `vae-train` publishes them)."""
     import torch  # the project's environment has torch; only this step needs it
 
-    from training.train import load_model
+    from training.checkpoint import load_model
 
     model, cfg = load_model(CHECKPOINT)
     widths = {key: cfg.to_dict()[key] for key in SEED_WIDTHS}
