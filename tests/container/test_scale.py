@@ -159,13 +159,13 @@ class Load:
 def kill_publish_restart(
     podman: h.Podman, compose: h.Compose, base: str, replicas: dict[str, str]
 ) -> dict[str, Any]:
+    publish = prepare_version(podman, f"{compose.project}_models")
+    victim_id, victim = sorted(replicas.items())[1]
     images, _ = synthetic_digits(1, seed=6)
     load = Load(f"{base}/v1/reconstruct", h.png_gray(images[0]))
     threads = [threading.Thread(target=load.run, daemon=True) for _ in range(CONNECTIONS)]
     for thread in threads:
         thread.start()
-    victim_id, victim = sorted(replicas.items())[1]
-    publish = prepare_version(podman, f"{compose.project}_models")
     try:
         time.sleep(5)
         podman("kill", "--signal", "KILL", victim)
