@@ -14,7 +14,8 @@ servers) posting one 28x28 digit PNG to /v1/reconstruct:
   keepalive, retries, access log on).
 
 The table gives medians over the rounds; ratios are medians of the per-round ratios. CPU is
-per request: the servers' and nginx's (from /proc) and wrk's own (getrusage of children).
+per request: the servers' and nginx's together, nginx's alone (from /proc), and wrk's own
+(getrusage of children).
 Both servers log at warning (no access log), as every serving benchmark here.
 """
 
@@ -53,6 +54,7 @@ class Variant:
     name: str
     target: Server  # what wrk talks to
     involved: list[Server]  # every process that works for a request (CPU is theirs)
+    proxy: Server | None = None  # nginx, whose own CPU is also given apart
 
 
 def nginx_config(upstream_port: int, listen_port: int, workdir: Path) -> str:
@@ -89,16 +91,19 @@ def children_cpu_seconds() -> float:
 
 def measure(wrk: Wrk, variant: Variant, connections: int, duration: float) -> dict[str, float]:
     cpu_before = sum(s.cpu_seconds() for s in variant.involved)
+    proxy_before = variant.proxy.cpu_seconds() if variant.proxy else 0.0
     wrk_before = children_cpu_seconds()
     result: LoadResult = wrk.run(variant.target, RECONSTRUCT, connections, duration)
     wrk_cpu = children_cpu_seconds() - wrk_before
     cpu = sum(s.cpu_seconds() for s in variant.involved) - cpu_before
+    proxy_cpu = variant.proxy.cpu_seconds() - proxy_before if variant.proxy else 0.0
     requests = max(result.requests, 1)
     return {
         "rps": result.rps,
         "p50": result.p50_ms,
         "p99": result.p99_ms,
         "cpu_us": cpu / requests * 1e6,
+        "nginx_us": proxy_cpu / requests * 1e6,
         "wrk_us": wrk_cpu / requests * 1e6,
         "errors": result.errors,
     }
@@ -106,8 +111,8 @@ def measure(wrk: Wrk, variant: Variant, connections: int, duration: float) -> di
 
 def report(figures: dict[str, list[dict[str, float]]], names: list[str]) -> None:
     print(
-        "| variant | req/s | p50 ms | p99 ms | servers + nginx CPU us/req | wrk CPU us/req "
-        "| errors |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "| variant | req/s | p50 ms | p99 ms | servers + nginx CPU us/req | of which nginx "
+        "| wrk CPU us/req | errors |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for name in names:
         runs = figures[name]
@@ -118,7 +123,7 @@ def report(figures: dict[str, list[dict[str, float]]], names: list[str]) -> None
         errors = sum(int(r["errors"]) for r in runs)
         print(
             f"| {name} | {med('rps'):.0f} | {med('p50'):.2f} | {med('p99'):.2f} "
-            f"| {med('cpu_us'):.0f} | {med('wrk_us'):.0f} | {errors} |"
+            f"| {med('cpu_us'):.0f} | {med('nginx_us'):.0f} | {med('wrk_us'):.0f} | {errors} |"
         )
     one, two, via = (figures[n] for n in names)
 
@@ -135,7 +140,8 @@ def report(figures: dict[str, list[dict[str, float]]], names: list[str]) -> None
     print(
         f"via nginx / direct (1 worker): req/s x{ratio(via, one, 'rps'):.2f}, "
         f"p50 {diff(via, one, 'p50'):+.2f} ms, p99 {diff(via, one, 'p99'):+.2f} ms, "
-        f"CPU {diff(via, one, 'cpu_us'):+.0f} us/request (nginx's, mostly)"
+        f"CPU {diff(via, one, 'cpu_us'):+.0f} us/request in all, nginx's own "
+        f"{median([r['nginx_us'] for r in via]):.0f}"
     )
 
 
@@ -163,7 +169,7 @@ def main() -> None:
         variants = [
             Variant("1 worker", one, [one]),
             Variant("2 workers", two, [two]),
-            Variant("1 worker via nginx", nginx, [one, nginx]),
+            Variant("1 worker via nginx", nginx, [one, nginx], proxy=nginx),
         ]
         for variant in variants:  # warm-up, not recorded
             measure(wrk, variant, args.connections, 1)
