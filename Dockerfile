@@ -80,8 +80,9 @@ CMD ["vae-serve"]
 # ---------------------------------------------------------------------------------------------
 # The balancer in front of N `serve` replicas (docker compose up --scale api=N; docs/scaling.md):
 # Debian's nginx on the same base, whose layers it shares with serve. After serve, so that the
-# legacy builder never runs it for --target serve; it needs nothing from the stages above but
-# `base`. The version is pinned to Debian 12's nginx (1.22), security updates included.
+# legacy builder never runs it for --target serve (for --target balancer it builds serve's
+# stages first, cached once Compose has built `api`; BuildKit builds only `base`). The version
+# is pinned to Debian 12's nginx (1.22), security updates included.
 FROM base AS balancer
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx-light=1.22.* \
