@@ -3,6 +3,8 @@
 #   serve (the default target): FastAPI + onnxruntime, no torch, with the embedded default
 #         model; non-root, read-only-root friendly; configured only through VAE_* variables.
 #           docker build --target serve -t vae-mnist:serve .
+#   balancer: nginx in front of the serve replicas on Compose (deploy/nginx/, docs/scaling.md).
+#           docker build --target balancer -t vae-mnist:balancer .
 #   train: torch (CPU) and the training CLI; publishes new versions into /models.
 #           docker build --target train -t vae-mnist:train .
 #         TORCH_PIP_OPTIONS says where pip finds the CPU build of torch (default: PyTorch's CPU
@@ -11,9 +13,9 @@
 # Every dependency is installed from a lock with hashes (requirements/*.lock, `make lock`),
 # with --require-hashes --no-deps; torch alone is pinned by version (requirements/torch.txt).
 #
-# Stage order: everything `serve` needs comes before it, and the torch stages after it, because
-# Docker's legacy builder (no BuildKit/buildx) builds every stage up to the target in file
-# order. Layer order: base -> locked dependencies (change only with a lock) -> project wheel.
+# Stage order: everything `serve` needs comes before it, then `balancer`, then the torch stages,
+# because Docker's legacy builder (no BuildKit/buildx) builds every stage up to the target in
+# file order. Layer order: base -> locked dependencies (change only with a lock) -> project wheel.
 
 FROM python:3.11-slim AS base
 # ORT_DISABLE_TELEMETRY: onnxruntime's Linux builds otherwise start a telemetry client (which
@@ -76,6 +78,30 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('VAE_PORT', '8000'), timeout=4)"]
 CMD ["vae-serve"]
+
+# ---------------------------------------------------------------------------------------------
+# The balancer in front of N `serve` replicas (docker compose up --scale api=N; docs/scaling.md):
+# Debian's nginx on the same base, whose layers it shares with serve. After serve, so that the
+# legacy builder never runs it for --target serve (for --target balancer it builds serve's
+# stages first, cached once Compose has built `api`; BuildKit builds only `base`). The version
+# is pinned to Debian 12's nginx (1.22), security updates included.
+FROM base AS balancer
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx-light=1.22.* \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* \
+    && nginx -V
+COPY deploy/nginx/nginx.conf /etc/vae-balancer/nginx.conf
+COPY deploy/nginx/balancer.sh /usr/local/bin/vae-balancer
+ARG APP_UID=10001
+USER ${APP_UID}:${APP_UID}
+EXPOSE 8000
+# nginx's graceful stop (SIGTERM is its fast one): requests in flight finish.
+STOPSIGNAL SIGQUIT
+# Healthy when a replica answers /readyz through nginx.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
+CMD ["vae-balancer"]
 
 # ---------------------------------------------------------------------------------------------
 # Everything below is the training image's; the legacy builder reaches it only for --target

@@ -2,11 +2,11 @@
 
     python bench/run_all.py [--quick] [--skip train_speed ...]
 
-Serving benchmarks need wrk (Debian: `apt-get install wrk`; taskset too, for `--pin`); the
-training one reads ../shared/data/mnist when present, and sample_quality needs it. The full
-run takes about 30 minutes on 2 cores; `--quick` cuts rounds and durations to a few minutes
-for a smoke check (its figures are too noisy to record). Record figures in docs/benchmarks.md
-by hand.
+Serving benchmarks need wrk (Debian: `apt-get install wrk`; taskset too, for `--pin`), and
+scale_speed nginx; the training one reads ../shared/data/mnist when present, and
+sample_quality needs it. The full run takes about 32 minutes on 2 cores; `--quick` cuts
+rounds and durations to a few minutes for a smoke check (its figures are too noisy to
+record). Record figures in docs/benchmarks.md by hand.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ FULL: dict[str, list[str]] = {
     "train_speed": ["--iterations", "2000", "--trials", "5"],
     "model_speed": [],
     "http_speed": ["--fresh"],
+    "scale_speed": [],
     "threading_model": [],
     "gc_effect": [],
     "startup_memory": [],
@@ -33,6 +34,7 @@ QUICK: dict[str, list[str]] = {
     "train_speed": ["--iterations", "200", "--trials", "1"],
     "model_speed": ["--repeats", "3", "--calls", "200"],
     "http_speed": ["--rounds", "1", "--duration", "1", "--connections", "16"],
+    "scale_speed": ["--rounds", "1", "--duration", "1"],
     "threading_model": ["--rounds", "1", "--duration", "1", "--variants", "inline", "batcher:32:0"],
     "gc_effect": ["--rounds", "1", "--duration", "1"],
     "startup_memory": ["--starts", "2", "--requests", "5000"],

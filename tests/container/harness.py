@@ -415,12 +415,13 @@ def torch_wheel_dir(workdir: Path, requirement: str) -> Path:
 
 @dataclass
 class Compose:
-    """podman-compose on docker-compose.yml plus the test override, as one project."""
+    """podman-compose on docker-compose.yml plus a test override (`files`), as one project."""
 
     podman: Podman
     project: str
     env: dict[str, str]
     build_args: str = ""
+    files: tuple[Path, ...] = (COMPOSE_FILE, OVERRIDE_FILE)
 
     def __call__(
         self, *args: str, timeout: float, check: bool = True, profile: str | None = None
@@ -428,7 +429,9 @@ class Compose:
         cmd: list[str | Path] = [find_tool("podman-compose") or "podman-compose"]
         if self.build_args:
             cmd += [f"--podman-build-args={self.build_args}"]
-        cmd += ["--project-name", self.project, "-f", COMPOSE_FILE, "-f", OVERRIDE_FILE]
+        cmd += ["--project-name", self.project]
+        for path in self.files:
+            cmd += ["-f", path]
         if profile:
             cmd += ["--profile", profile]
         return self.podman.runner.run(
@@ -436,18 +439,24 @@ class Compose:
         )
 
     def container(self, service: str) -> str:
-        names = self.podman(
-            "ps",
-            "--all",
-            "--filter",
-            f"label=io.podman.compose.project={self.project}",
-            "--filter",
-            f"label=io.podman.compose.service={service}",
-            "--format",
-            "{{.Names}}",
-        ).stdout.split()
+        names = self.containers(service)
         assert len(names) == 1, f"expected one {service} container, found {names}"
         return names[0]
+
+    def containers(self, service: str) -> list[str]:
+        """The names of `service`'s containers (its replicas), running or not, sorted."""
+        return sorted(
+            self.podman(
+                "ps",
+                "--all",
+                "--filter",
+                f"label=io.podman.compose.project={self.project}",
+                "--filter",
+                f"label=io.podman.compose.service={service}",
+                "--format",
+                "{{.Names}}",
+            ).stdout.split()
+        )
 
 
 def compose_config(runner: Runner, *args: str, env: Mapping[str, str] | None = None) -> Any:

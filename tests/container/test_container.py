@@ -101,15 +101,20 @@ def check_static_files(runner: h.Runner) -> None:
     assert "FROM python:3.11-slim AS base" in dockerfile, "the harness stands in for this FROM"
 
     product = h.compose_config(runner, "-f", str(h.COMPOSE_FILE))
-    assert set(product["services"]) == {"api"}, "only the api runs by default"
-    api = product["services"]["api"]
-    assert api["restart"] == "unless-stopped"
-    assert api["read_only"] is True
-    assert api["cap_drop"] == ["ALL"]
-    assert api["security_opt"] == ["no-new-privileges:true"]
-    assert [p["target"] for p in api["ports"]] == [8000]
-    assert api["ports"][0]["published"] == "8000"
-    assert api["healthcheck"]["test"][0] == "CMD"
+    assert set(product["services"]) == {"api", "balancer"}, "the api and its balancer by default"
+    api, balancer = product["services"]["api"], product["services"]["balancer"]
+    for service in (api, balancer):
+        assert service["restart"] == "unless-stopped"
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert service["security_opt"] == ["no-new-privileges:true"]
+        assert service["healthcheck"]["test"][0] == "CMD"
+    # The balancer publishes the port; the replicas publish nothing (--scale needs that).
+    assert "ports" not in api, api["ports"]
+    assert [p["target"] for p in balancer["ports"]] == [8000]
+    assert balancer["ports"][0]["published"] == "8000"
+    assert balancer["ports"][0]["host_ip"] == "127.0.0.1"
+    assert balancer["build"]["target"] == "balancer"
     assert [(v["source"], v["target"], v.get("read_only")) for v in api["volumes"]] == [
         ("models", "/models", True)
     ]
@@ -202,9 +207,11 @@ def in_image(image: str, *cmd: str) -> list[str]:
 
 
 def serve_first_start(compose: h.Compose, base: str) -> dict[str, Any]:
-    """`compose up -d` before any training: ready, serving the embedded default model."""
+    """`compose up -d api` before any training: ready, serving the embedded default model.
+    (The balancer in front of replicas is test_scale.py's: here the API is on the host network.)
+    """
     t0 = time.monotonic()
-    compose("up", "-d", "--no-build", timeout=180)
+    compose("up", "-d", "--no-build", "api", timeout=180)
     api = compose.container("api")
 
     def ready_or_crashing() -> h.Response | None:
