@@ -1,22 +1,25 @@
 """Scale-out on one host: VAE_WORKERS=2 against 1, and the balancer's cost (nginx against direct).
 
-    python bench/scale_speed.py [--rounds 5] [--duration 5] [--connections 16]
+    python bench/scale_speed.py [--rounds 5] [--duration 5] [--connections 16] [--access-log]
 
-Three variants, measured in the same rounds (interleaved, the order rotated every round),
-each for `--duration` seconds of wrk (one thread, unpinned: it shares the cores with the
-servers) posting one 28x28 digit PNG to /v1/reconstruct:
+Three variants (four with --access-log), measured in the same rounds (interleaved, the
+order rotated every round), each for `--duration` seconds of wrk (one thread, unpinned: it
+shares the cores with the servers) posting one 28x28 digit PNG to /v1/reconstruct:
 
 - `1 worker`: `vae-serve` with VAE_WORKERS=1, direct;
 - `2 workers`: another `vae-serve` with VAE_WORKERS=2, direct;
 - `1 worker via nginx`: the first server behind the host's nginx running the repository's
   balancer configuration (deploy/nginx/nginx.conf) with its upstream pointed at that server
   and its files moved to a temporary directory; everything else as shipped (least_conn,
-  keepalive, retries, access log on).
+  keepalive, retries, access log on);
+- with `--access-log`, `1 worker, access log`: a third `vae-serve` (VAE_WORKERS=1) at
+  VAE_LOG_LEVEL=info with VAE_ACCESS_LOG=true, the default a user gets: one access line per
+  request (to a file, as a container's log driver would take it).
 
 The table gives medians over the rounds; ratios are medians of the per-round ratios. CPU is
 per request: the servers' and nginx's together, nginx's alone (from /proc), and wrk's own
 (getrusage of children).
-Both servers log at warning (no access log), as every serving benchmark here.
+The other servers log at warning (no access log), as every serving benchmark here.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def report(figures: dict[str, list[dict[str, float]]], names: list[str]) -> None
             f"| {name} | {med('rps'):.0f} | {med('p50'):.2f} | {med('p99'):.2f} "
             f"| {med('cpu_us'):.0f} | {med('nginx_us'):.0f} | {med('wrk_us'):.0f} | {errors} |"
         )
-    one, two, via = (figures[n] for n in names)
+    one, two, via = (figures[n] for n in names[:3])
 
     def ratio(a: list[dict[str, float]], b: list[dict[str, float]], key: str) -> float:
         return median([x[key] / y[key] for x, y in zip(a, b, strict=True)])
@@ -143,6 +146,13 @@ def report(figures: dict[str, list[dict[str, float]]], names: list[str]) -> None
         f"CPU {diff(via, one, 'cpu_us'):+.0f} us/request in all, nginx's own "
         f"{median([r['nginx_us'] for r in via]):.0f}"
     )
+    if len(names) > 3:
+        logged = figures[names[3]]
+        print(
+            f"access log / none (1 worker): req/s x{ratio(logged, one, 'rps'):.2f}, "
+            f"p99 {diff(logged, one, 'p99'):+.2f} ms, "
+            f"CPU {diff(logged, one, 'cpu_us'):+.0f} us/request"
+        )
 
 
 def main() -> None:
@@ -150,6 +160,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--access-log", action="store_true", help="also a server with the access log on"
+    )
     args = parser.parse_args()
     print(machine())
     print(
@@ -171,11 +184,17 @@ def main() -> None:
             Variant("2 workers", two, [two]),
             Variant("1 worker via nginx", nginx, [one, nginx], proxy=nginx),
         ]
+        if args.access_log:
+            logged = start_server(
+                {"VAE_WORKERS": "1", "VAE_LOG_LEVEL": "info", "VAE_ACCESS_LOG": "true"}
+            )
+            servers.append(logged)
+            variants.append(Variant("1 worker, access log", logged, [logged]))
         for variant in variants:  # warm-up, not recorded
             measure(wrk, variant, args.connections, 1)
         figures: dict[str, list[dict[str, float]]] = defaultdict(list)
         for r in range(args.rounds):
-            for variant in variants[r % 3 :] + variants[: r % 3]:
+            for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
                 figures[variant.name].append(measure(wrk, variant, args.connections, args.duration))
         report(figures, [v.name for v in variants])
     finally:
