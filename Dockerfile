@@ -52,13 +52,15 @@ RUN pip wheel --no-build-isolation --no-deps --wheel-dir /dist .
 FROM base AS serve
 COPY requirements/serve.lock /tmp/requirements/
 # Left out, as never used by the service: the dependencies' own test suites (17 MB),
-# onnxruntime's offline model tooling (transformers/, quantization/, tools/: 9 MB) and numpy's
-# build tooling (f2py, the Fortran wrapper generator, and the C headers: 3 MB).
+# onnxruntime's offline model tooling (transformers/, quantization/, tools/: 9 MB), numpy's
+# build tooling (f2py, the Fortran wrapper generator, C headers, static libraries: 3 MB) and
+# type stubs (*.pyi, read by type checkers only: 1.7 MB).
 RUN pip install --require-hashes --no-deps -r /tmp/requirements/serve.lock \
     && pip check \
     && find /usr/local/lib -depth -type d -path '*-packages/*/tests' -exec rm -rf {} + \
     && find /usr/local/lib -depth -type d -regex '.*-packages/onnxruntime/\(transformers\|quantization\|tools\)' -exec rm -rf {} + \
-    && find /usr/local/lib -depth -type d -regex '.*-packages/numpy/\(f2py\|_core/include\)' -exec rm -rf {} + \
+    && find /usr/local/lib -depth -type d -regex '.*-packages/numpy/\(f2py\|_core/include\|_core/lib\|random/lib\)' -exec rm -rf {} + \
+    && find /usr/local/lib -path '*-packages/*' -name '*.pyi' -delete \
     && rm -f /usr/local/bin/onnxruntime_test /usr/local/bin/f2py /usr/local/bin/numpy-config \
     && python -c "import numpy, onnxruntime, PIL, fastapi, uvicorn"
 COPY --from=wheel-serve /dist/ /tmp/dist/
