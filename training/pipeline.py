@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +169,14 @@ def publish(
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish through the gate, or export into the run dir when there is no repository;
-    the latent density goes with the graphs either way."""
-    density = latent_density(model, cfg.threshold, splits, opts)
+    the latent density goes with the graphs either way (fitted only once the gate passes)."""
+    density = partial(latent_density, model, cfg.threshold, splits, opts)
     if opts.repository is None:
         out = opts.run_dir / "export"
         out.mkdir(parents=True, exist_ok=True)
         export_onnx(model, out)
         diff = verify_export(model, out)
-        write_density(out, density)
+        write_density(out, density())
         return {"published": None, "export_dir": str(out), "export_max_abs_diff": diff}
     published = publish_version(
         opts.repository,

@@ -15,7 +15,7 @@ import platform
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -209,10 +209,11 @@ def publish_version(
     embedded: Path = EMBEDDED_MODEL,
     run_info: dict[str, Any] | None = None,
     version: int | None = None,
-    density: DensityFit | None = None,
+    density: Callable[[], DensityFit] | None = None,
 ) -> PublishResult:
-    """Publish `model` and its latent `density` as repo_root/vae/<next or given version>/ if
-    the quality gate (training.gate.judge, given the keywords of the same names) passes it."""
+    """Publish `model` as repo_root/vae/<next or given version>/, with the latent density that
+    `density()` fits once the quality gate (training.gate.judge, given the keywords of the
+    same names) has passed it."""
     check_repository(repo_root, version)
     gate = judge(
         repo_root,
@@ -230,7 +231,7 @@ def publish_version(
         manifest = build_manifest(
             int(target.name), staging, model, cfg, evaluation, data_info, diff, run_info
         )
-        manifest["density"] = write_density(staging, density) if density else None
+        manifest["density"] = write_density(staging, density()) if density else None
         write_json_atomic(staging / MANIFEST, manifest)
         staging.rename(target)  # atomic; fails if a concurrent publisher took the version
         _fsync_path(model_dir)

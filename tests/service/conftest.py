@@ -35,7 +35,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cfg = TrainConfig.from_preset("tiny", seed=0)
     density = fitted_density(models["a"])
     paths["fitted"] = publish_version(
-        root / "fitted", models["a"], cfg, force=True, density=density
+        root / "fitted", models["a"], cfg, force=True, density=lambda: density
     ).path
     return paths
 

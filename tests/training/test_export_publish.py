@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
+from training.density import DensityFit
 from training.evaluate import OnnxVAE, describe_version
 from training.export import EXPORTER_LOGGER, TOLERANCE, export_onnx, verify_export
 from training.model import VAE, parameter_count
@@ -152,10 +153,21 @@ def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_gate_refuses_a_worse_model_and_force_overrides(tmp_path: Path) -> None:
     publish_version(tmp_path, model(), CFG, evaluation=figures(100.0), data_info=DATA, force=True)
+
+    def density() -> DensityFit:  # called only for a model the gate passes
+        raise AssertionError("the latent density was fitted for a refused model")
+
     with pytest.raises(
         PublishRefusedError, match=r"refused: new -ELBO 105.00 vs version 1's 100.00"
     ):
-        publish_version(tmp_path, model(), CFG, evaluation=figures(105.0), data_info=DATA)
+        publish_version(
+            tmp_path,
+            model(),
+            CFG,
+            evaluation=figures(105.0),
+            data_info=DATA,
+            density=density,
+        )
     assert list(complete_versions(tmp_path)) == [1]
     forced = publish_version(
         tmp_path, model(), CFG, evaluation=figures(105.0), data_info=DATA, force=True
