@@ -459,6 +459,29 @@ class Compose:
         )
 
 
+def tear_down(
+    compose: Compose, root: Path, figures: dict[str, Any], started: float, artifact: Path
+) -> list[str]:
+    """A compose test's end, passed or failed: every container's log into the commands log,
+    `down` (again, after a failure), podman's storage use and the test's time into
+    `figures`, written to `artifact`. Returns what the clean-up left behind."""
+    podman, problems = compose.podman, []
+    try:
+        for name in podman("ps", "--all", "--format", "{{.Names}}", check=False).stdout.split():
+            podman("logs", "--tail", "200", name, check=False)
+        compose("down", "--volumes", "--timeout", "5", timeout=120, check=False)
+    except CommandError as exc:
+        problems.append(str(exc)[:300])
+    if root.is_mount():  # the tmpfs: its use is podman's storage at the end
+        figures["storage_bytes"] = shutil.disk_usage(root).used
+    problems += podman.close()
+    figures["test_seconds"] = round(time.monotonic() - started, 1)
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"{artifact.stem}: {json.dumps(figures)}")
+    return problems
+
+
 def compose_config(runner: Runner, *args: str, env: Mapping[str, str] | None = None) -> Any:
     """`docker-compose [args] config --format json`: validated by the Compose CLI itself."""
     tool = find_tool("docker-compose") or "docker-compose"

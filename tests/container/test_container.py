@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import tomllib
 import uuid
@@ -71,20 +70,7 @@ def test_compose_stack_builds_serves_and_swaps_models() -> None:
         figures.update(train_and_swap(podman, compose, base))
         compose_down(podman, compose)
     finally:
-        problems = []
-        try:  # every container's log goes to commands.log, then down (again, after a failure)
-            for name in podman("ps", "--all", "--format", "{{.Names}}", check=False).stdout.split():
-                podman("logs", "--tail", "200", name, check=False)
-            compose("down", "--volumes", "--timeout", "5", timeout=120, check=False)
-        except h.CommandError as exc:
-            problems.append(str(exc)[:300])
-        if root.is_mount():  # the tmpfs: its use is podman's storage at the end
-            figures["storage_bytes"] = shutil.disk_usage(root).used
-        problems += podman.close()
-        figures["test_seconds"] = round(time.monotonic() - started, 1)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"container figures: {json.dumps(figures)}")
+        problems = h.tear_down(compose, root, figures, started, ARTIFACTS / "figures.json")
     assert not problems, f"clean-up left something behind: {problems}"
 
 

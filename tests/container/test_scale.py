@@ -81,18 +81,7 @@ def test_replicas_behind_the_balancer_survive_a_kill_and_a_new_version() -> None
         figures.update(kill_publish_restart(podman, compose, base, replicas))
         compose("down", "--volumes", "--timeout", "5", timeout=120)
     finally:
-        problems = []
-        try:
-            for name in podman("ps", "--all", "--format", "{{.Names}}", check=False).stdout.split():
-                podman("logs", "--tail", "200", name, check=False)
-            compose("down", "--volumes", "--timeout", "5", timeout=120, check=False)
-        except h.CommandError as exc:
-            problems.append(str(exc)[:300])
-        problems += podman.close()
-        figures["test_seconds"] = round(time.monotonic() - started, 1)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "scale-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"scale figures: {json.dumps(figures)}")
+        problems = h.tear_down(compose, root, figures, started, ARTIFACTS / "scale-figures.json")
     assert not problems, f"clean-up left something behind: {problems}"
 
 
