@@ -176,15 +176,14 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
     (same graphs, so the same figures): density.npz first, then the manifest, atomically.
     For a version no service has loaded yet, such as the embedded default model."""
     version_dir: Path = args.version_dir
-    manifest_path = version_dir / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
+    model = OnnxVAE(version_dir)  # reads and checks the manifest
+    manifest = model.manifest
     if manifest.get("density"):
         raise DataError(f"{version_dir} already has a latent density ({manifest['density']})")
-    model = OnnxVAE(version_dir)
     splits = _validation_and_test(_source(args))
     density = latent_density(model, model.threshold, splits, None)
     manifest["density"] = write_density(version_dir, density)
-    write_json_atomic(manifest_path, manifest)
+    write_json_atomic(version_dir / MANIFEST, manifest)
     print(json.dumps(manifest["density"], indent=2))
     return 0
 

@@ -39,12 +39,20 @@ class OnnxVAE:
     onnxruntime."""
 
     def __init__(self, version_dir: Path, threads: int = 1) -> None:
-        self.manifest: dict[str, Any] = json.loads((version_dir / "manifest.json").read_text())
-        self.latent_dim = int(self.manifest["latent_dim"])
-        graphs = self.manifest["graphs"]
-        self.encoder = _session(version_dir / graphs["encoder"]["file"], threads)
-        self.decoder = _session(version_dir / graphs["decoder"]["file"], threads)
-        self.threshold = float(self.manifest["preprocessing"]["binarize_threshold"])
+        path = version_dir / "manifest.json"
+        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        try:
+            self.latent_dim = int(self.manifest["latent_dim"])
+            graphs = self.manifest["graphs"]
+            encoder, decoder = graphs["encoder"]["file"], graphs["decoder"]["file"]
+            self.threshold = float(self.manifest["preprocessing"]["binarize_threshold"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path} is not a published version's manifest (docs/model-repository.md): "
+                f"{type(exc).__name__} {exc}"
+            ) from exc
+        self.encoder = _session(version_dir / encoder, threads)
+        self.decoder = _session(version_dir / decoder, threads)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder.run(["mu", "logvar"], {"x": x.numpy()})

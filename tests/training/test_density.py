@@ -87,3 +87,16 @@ def test_fit_density_adds_a_density_to_a_version_without_one(
     assert runtime.density is not None
 
     assert run(capsys, *argv, *DATA_FLAGS)[0] != 0  # already has one
+
+
+@pytest.mark.parametrize("document", ['{"format": "x"}', "[1]"])
+def test_fit_density_on_what_is_not_a_version_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    document: str,
+) -> None:
+    (tmp_path / "manifest.json").write_text(document)
+    argv = ["fit-density", "--version-dir", str(tmp_path), "--data-dir", str(tmp_path)]
+    assert run(capsys, *argv, *DATA_FLAGS)[0] == 2
+    assert "is not a published version's manifest" in caplog.text
